@@ -1,0 +1,1 @@
+"""Repo-local pytest set-up: the massact plugin comes from the installed package's entry point."""

@@ -1,0 +1,208 @@
+"""Hooks and streaming reducers.
+
+The only place hooks are registered is ``hooked()``, which removes every handle in
+``finally``: hooks are global state on the model and must never outlive a pass.
+A capture hands each hooked tensor (B, T, D) with its attention mask (B, T) to reducers,
+which keep per-sample statistics, never the full activation unless asked.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from massact.arch import Adapter
+from massact.errors import ActivationOverflow
+
+# (module, "in" | "out", fn). "out" fns get (module, args, output) and may return a new output;
+# "in" fns get (module, args) and may return new args.
+Registration = tuple[nn.Module, str, Callable]
+
+
+@contextmanager
+def hooked(registrations: Sequence[Registration]) -> Iterator[None]:
+    """Register forward (pre-)hooks for the duration of the block; always remove them."""
+    handles = []
+    try:
+        for module, where, fn in registrations:
+            if where == "out":
+                handles.append(module.register_forward_hook(fn))
+            elif where == "in":
+                handles.append(module.register_forward_pre_hook(fn))
+            else:
+                raise ValueError(f"hook position must be 'in' or 'out', not {where!r}")
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def first_tensor(x) -> torch.Tensor:
+    """A module's main tensor: blocks and attention modules may return tuples."""
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def replace_first(x, new: torch.Tensor):
+    """``x`` with its main tensor replaced, keeping the tuple shape a module returned."""
+    if isinstance(x, tuple):
+        return (new, *x[1:])
+    if isinstance(x, list):
+        return [new, *x[1:]]
+    return new
+
+
+# ---------------------------------------------------------------- reducers
+
+class Reducer:
+    """Streaming per-sample statistic: update() per batch, result() at the end."""
+
+    def update(self, a: torch.Tensor, mask: torch.Tensor) -> None:  # a (B, T, D), mask (B, T)
+        raise NotImplementedError
+
+    def result(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _abs_masked(a: torch.Tensor, mask: torch.Tensor, fill: float) -> torch.Tensor:
+    """|a| in float32 with padded tokens set to ``fill``; (B, T, D)."""
+    out = a.detach().float().abs()
+    return out.masked_fill(~mask.bool()[..., None], fill)
+
+
+class TopK(Reducer):
+    """Per sample: the k largest |a| over (token, feature), signed values and positions."""
+
+    def __init__(self, k: int = 3):
+        self.k = k
+        self.parts: dict[str, list[torch.Tensor]] = {"top_abs": [], "top_value": [], "top_token": [], "top_feature": []}
+
+    def update(self, a, mask):
+        B, T, D = a.shape
+        absa = _abs_masked(a, mask, -1.0).reshape(B, T * D)
+        vals, idx = absa.topk(min(self.k, T * D), dim=1)  # (B, k)
+        signed = a.detach().float().reshape(B, T * D).gather(1, idx)
+        self.parts["top_abs"].append(vals)
+        self.parts["top_value"].append(signed)
+        self.parts["top_token"].append(idx // D)
+        self.parts["top_feature"].append(idx % D)
+
+    def result(self):
+        return {k: torch.cat(v) for k, v in self.parts.items()}
+
+
+class Median(Reducer):
+    """Per sample: the median |a| over every unpadded (token, feature) entry."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+
+    def update(self, a, mask):
+        absa = a.detach().float().abs()
+        for b in range(a.shape[0]):
+            self.parts.append(absa[b][mask[b].bool()].median().reshape(1))
+
+    def result(self):
+        return {"median": torch.cat(self.parts)}
+
+
+class FeatureMax(Reducer):
+    """Per sample and feature: max |a| over tokens; (N, D)."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+
+    def update(self, a, mask):
+        self.parts.append(_abs_masked(a, mask, 0.0).amax(dim=1))
+
+    def result(self):
+        return {"feature_max": torch.cat(self.parts)}
+
+
+class TokenMax(Reducer):
+    """Per sample and token: max |a| over features; (N, T), padded tokens 0."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+
+    def update(self, a, mask):
+        self.parts.append(_abs_masked(a, mask, 0.0).amax(dim=2))
+
+    def result(self):
+        return {"token_max": torch.cat(self.parts)}
+
+
+def default_reducers() -> list[Reducer]:
+    return [TopK(3), Median(), FeatureMax(), TokenMax()]
+
+
+# ---------------------------------------------------------------- points
+
+@dataclass(frozen=True)
+class Point:
+    """A named hook point: ``block.{l}`` (block output) or ``mlp.{l}.{role}``."""
+
+    name: str
+    layer: int
+    path: str  # module path within the block; "" is the block itself
+    where: str  # "in" | "out"
+
+
+def block_points(adapter: Adapter, n_layers: int) -> list[Point]:
+    return [Point(f"block.{l}", l, "", "out") for l in range(n_layers)]
+
+
+def mlp_points(adapter: Adapter, n_layers: int) -> list[Point]:
+    return [
+        Point(f"mlp.{l}.{role}", l, path, where)
+        for l in range(n_layers)
+        for role, path, where in adapter.mlp_checkpoints
+    ]
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    adapter: Adapter,
+    points: Sequence[Point],
+    *,
+    mask_ref: dict[str, torch.Tensor],
+    make_reducers: Callable[[], list[Reducer]] = default_reducers,
+) -> Iterator[dict[str, list[Reducer]]]:
+    """Hook ``points``; yields name -> reducers. ``mask_ref["mask"]`` is the current batch's mask.
+
+    The caller sets ``mask_ref["mask"]`` before each forward pass, so the hooks can honour
+    padding without holding on to the batch.
+    """
+    reducers = {p.name: make_reducers() for p in points}
+
+    def make_fn(p: Point):
+        def feed(t: torch.Tensor) -> None:
+            if not torch.isfinite(t).all():
+                raise ActivationOverflow(
+                    f"activations at {p.name} reached inf/nan in {t.dtype}; massive activations can "
+                    "pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
+                )
+            for r in reducers[p.name]:
+                r.update(t, mask_ref["mask"])
+
+        if p.where == "out":
+            return lambda module, args, output: feed(first_tensor(output))
+        return lambda module, args: feed(first_tensor(args))
+
+    regs = [(adapter.block_module(model, p.layer, p.path), p.where, make_fn(p)) for p in points]
+    with hooked(regs):
+        yield reducers
+
+
+def collect(reducers: dict[str, list[Reducer]]) -> dict[str, dict[str, torch.Tensor]]:
+    """name -> merged result dict of that point's reducers."""
+    out = {}
+    for name, rs in reducers.items():
+        merged: dict[str, torch.Tensor] = {}
+        for r in rs:
+            merged.update(r.result())
+        out[name] = merged
+    return out

