@@ -32,8 +32,6 @@ class Adapter:
     kv_heads_attr: tuple[str, ...] = ("num_key_value_heads",)
     context_attr: tuple[str, ...] = ("max_position_embeddings", "n_positions")
     is_decoder: bool = True
-    parallel_residual: bool = False
-    post_norm: bool = False
 
     def n_heads(self, config) -> int:
         return _first_attr(config, self.heads_attr)
@@ -108,7 +106,6 @@ ADAPTERS: tuple[Adapter, ...] = (
         ),
         down_proj="mlp.dense_4h_to_h",
         down_weight_in_out=False,
-        parallel_residual=True,  # attention and MLP read the same block input
     ),
     Adapter(
         name="llama",
@@ -147,7 +144,6 @@ ADAPTERS: tuple[Adapter, ...] = (
         down_proj="output.dense",
         down_weight_in_out=False,
         is_decoder=False,
-        post_norm=True,
     ),
 )
 

@@ -60,8 +60,10 @@ class Engine:
         mask_ref: dict[str, torch.Tensor] = {}
         losses = []
         start = time.perf_counter()
-        with torch.no_grad(), capture(lm.model, lm.adapter, points, mask_ref=mask_ref) as reducers:
-            with intervention.applied(lm.model, lm.adapter):
+        # the intervention's hooks first: hooks on one module run in registration order, and a
+        # point on an intervened module must record what the intervention left there
+        with torch.no_grad(), intervention.applied(lm.model, lm.adapter):
+            with capture(lm.model, lm.adapter, points, mask_ref=mask_ref) as reducers:
                 for i in range(0, len(ids), self.batch_size):
                     b_ids, b_mask = ids[i:i + self.batch_size].to(lm.device), mask[i:i + self.batch_size].to(lm.device)
                     mask_ref["mask"] = b_mask

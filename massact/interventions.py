@@ -60,8 +60,12 @@ class Intervention:
 
     def _prune_regs(self, model, adapter):
         hd = adapter.head_dim(model.config)
+        n_layers, n_heads = len(adapter.block_list(model)), adapter.n_heads(model.config)
         by_layer: dict[int, list[int]] = {}
         for l, h in self.heads:
+            if not (0 <= l < n_layers and 0 <= h < n_heads):
+                raise ValueError(f"prune_heads: head ({l}, {h}) does not exist; the model has "
+                                 f"{n_layers} layers of {n_heads} query heads")
             by_layer.setdefault(l, []).append(h)
         regs = []
         for l, hs in sorted(by_layer.items()):
@@ -75,8 +79,12 @@ class Intervention:
         return regs
 
     def _set_regs(self, model, adapter):
+        n_layers, hidden = len(adapter.block_list(model)), model.config.hidden_size
         by_layer: dict[int, list[tuple[int, int, float]]] = {}
         for l, t, f, v in self.entries:
+            if not (0 <= l < n_layers and 0 <= f < hidden and t >= 0):
+                raise ValueError(f"set_activations: entry (layer {l}, token {t}, feature {f}) is outside the "
+                                 f"model's {n_layers} layers x {hidden} features")
             by_layer.setdefault(l, []).append((t, f, v))
         return [(adapter.block_module(model, l, ""), "out", _set_entries(es)) for l, es in sorted(by_layer.items())]
 
@@ -107,7 +115,6 @@ def _set_entries(entries: list[tuple[int, int, float]]):
     def fn(module, args, output):
         x = first_tensor(output).clone()
         for t, f, v in entries:
-            if t < x.shape[1]:
-                x[:, t, f] = v
+            x[:, t, f] = v  # a token past the sequence raises IndexError: no silent no-op
         return replace_first(output, x)
     return fn

@@ -1,0 +1,5 @@
+"""Engine tests: make tests/builders.py importable as ``builders``."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))

