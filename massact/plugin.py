@@ -56,7 +56,7 @@ def pytest_configure(config):
     controller = not hasattr(config, "workerinput")  # under xdist only the controller writes reports
     report_dir = Path(config.getoption("report_dir"))
     if not report_dir.is_absolute():
-        report_dir = config.rootpath / report_dir
+        report_dir = config.invocation_params.dir / report_dir
     config.stash[SESSION] = Session(corpus=settings, dtype=config.getoption("dtype"),
                                     device=config.getoption("device"), batch_size=config.getoption("batch_size"),
                                     report_dir=report_dir if controller else None, progress=_progress(config),
@@ -97,7 +97,8 @@ class ClaimCase:
         self.record, self.spec, self.session = record, spec, session
 
     def _skip(self, reason: str, claim: Claim) -> None:
-        self.session.record({"claim": claim.id, "variant": claim.variant, "model": self.spec, "spec": self.spec,
+        name = models.canonical_name(self.spec) if self.spec else None
+        self.session.record({"claim": claim.id, "variant": claim.variant, "model": name, "spec": self.spec,
                              "verdict": "skipped", "reason": reason, "documented": claim.documented,
                              "threshold": claim.threshold, "summary": ""})
         pytest.skip(reason)
@@ -114,14 +115,17 @@ class ClaimCase:
             self._skip(f"documented on {rec.documented_on}; this item's model is {name} "
                        f"(run with --model {rec.documented_on} to check the document's numbers)", rec)
         try:
-            v = self.session.judge(rec, self.spec)
-        except ModelUnavailable as e:
-            self._skip(str(e), rec)
+            v, error = self.session.judge(rec, self.spec), None
         except MassactError as e:
+            v, error = None, e
+        # outside the except block, so the failure shows the message alone, not a chained traceback
+        if isinstance(error, ModelUnavailable):
+            self._skip(str(error), rec)
+        if error is not None:
             self.session.record({"claim": rec.id, "variant": rec.variant, "model": name, "spec": self.spec,
-                                 "verdict": "error", "reason": str(e), "summary": "", "threshold": rec.threshold,
+                                 "verdict": "error", "reason": str(error), "summary": "", "threshold": rec.threshold,
                                  "documented": rec.documented})
-            pytest.fail(f"{type(e).__name__}: {e}", pytrace=False)
+            pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         expected = rec.expect.get(name or "document")
         self.session.record(verdict_entry(v, spec=self.spec, expected=expected.verdict if expected else None))
         where = f"{rec.key} on {name or 'the document'}"

@@ -175,3 +175,20 @@ def planted_gpt2(
         attn.c_proj.weight[0, :] = 0.0
         attn.c_proj.weight[0, feature] = magnitude / (on - off)
     return _finish(model)
+
+
+def char_tokenizer():
+    """A character-level tokenizer whose ids fit the tiny models' vocabulary of 100."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{chr(c): c - 31 for c in range(32, 127)}}  # ids 0..95
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="[UNK]")
+
+
+def save_tiny(model: PreTrainedModel, directory) -> None:
+    """Save ``model`` with a character tokenizer, so ``--model DIRECTORY`` loads it."""
+    model.save_pretrained(directory)
+    char_tokenizer().save_pretrained(directory)
