@@ -1,0 +1,73 @@
+"""Cost of the harness as ratios against one plain forward pass over the same corpus.
+
+Run: scripts/setup && .venv/bin/python -m pytest benchmarks/ --model smollm2-135m
+Each benchmark stores ``ratio_to_plain`` in its extra_info (see --benchmark-json).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from massact.checks import Context
+from massact.claims import Claim, judge, load_records
+from massact.corpus import CorpusSettings, load_corpus
+from massact.engine import Engine
+from massact.models import load
+
+CLAIMS = Path(__file__).resolve().parent.parent / "claims"
+# targets: a capture pass within 1.5x of a plain pass; every model claim within 6 plain passes
+CAPTURE_TARGET, CLAIMS_TARGET = 1.5, 6.0
+
+
+@pytest.fixture(scope="module")
+def setup(request):
+    spec = (request.config.getoption("model") or ["smollm2-135m"])[0]
+    lm = load(spec)
+    corpus = load_corpus(CorpusSettings(nsamples=10, seqlen=128))
+    ids, mask = Engine().tokens(lm, corpus)
+
+    def plain() -> None:
+        with torch.no_grad():
+            for i in range(0, len(ids), 4):
+                lm.model(input_ids=ids[i:i + 4], attention_mask=mask[i:i + 4])
+
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        plain()
+        times.append(time.perf_counter() - t)
+    return lm, corpus, plain, min(times)
+
+
+def test_plain_forward(benchmark, setup):
+    lm, corpus, plain, _ = setup
+    benchmark.pedantic(plain, rounds=3, iterations=1)
+
+
+def test_capture_pass(benchmark, setup):
+    lm, corpus, _, plain_s = setup
+    benchmark.pedantic(lambda: Engine().run(lm, corpus), rounds=3, iterations=1)
+    ratio = benchmark.stats.stats.min / plain_s
+    benchmark.extra_info["ratio_to_plain"] = round(ratio, 2)
+    assert ratio < CAPTURE_TARGET
+
+
+def test_all_model_claims(benchmark, setup):
+    """Every general claim of the registry on one model, from a cold pass cache."""
+    lm, corpus, _, plain_s = setup
+    records = [r for f in sorted(CLAIMS.glob("*.toml")) for r in load_records(f)
+               if isinstance(r, Claim) and r.needs_model and r.documented_on is None]
+
+    def run_all():
+        ctx = Context(lm, corpus, Engine())
+        for r in records:
+            judge(r, ctx)
+        return ctx.engine.n_passes
+
+    passes = benchmark.pedantic(run_all, rounds=1, iterations=1)
+    ratio = benchmark.stats.stats.min / plain_s
+    benchmark.extra_info.update(ratio_to_plain=round(ratio, 2), forward_passes=passes, claims=len(records))
+    assert ratio < CLAIMS_TARGET
