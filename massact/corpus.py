@@ -19,13 +19,13 @@ DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
 @dataclass(frozen=True)
 class CorpusSettings:
     path: str = str(DEFAULT_CORPUS)
-    nsamples: int = 10
+    nsamples: int | None = None  # None: each claim reads its record's sample count
     seqlen: int = 128
     seed: int = 0
     bos: bool = False  # prepend the tokenizer's BOS (or CLS) token to every sample
 
     def __post_init__(self):
-        if self.nsamples < 1:
+        if self.nsamples is not None and self.nsamples < 1:
             raise CorpusError(f"--nsamples must be at least 1, not {self.nsamples}")
         if self.seqlen < 2:
             raise CorpusError(f"--seqlen must be at least 2, not {self.seqlen}")
@@ -42,8 +42,9 @@ class Corpus:
 
     @property
     def key(self) -> str:
+        """Identifies the sample order; a claim reads a prefix of it, so nsamples is not part of it."""
         s = self.settings
-        return f"{self.name}:{self.sha256[:12]}:n{s.nsamples}:T{s.seqlen}:seed{s.seed}:bos{int(s.bos)}"
+        return f"{self.name}:{self.sha256[:12]}:T{s.seqlen}:seed{s.seed}:bos{int(s.bos)}"
 
     def describe(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, **asdict(self.settings)}
@@ -63,8 +64,12 @@ def load_corpus(settings: CorpusSettings) -> Corpus:
                   hashlib.sha256(text.encode()).hexdigest())
 
 
-def samples(corpus: Corpus, tokenizer, *, context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids and attention_mask, (nsamples, seqlen): distinct chunks chosen with the seed."""
+def samples(corpus: Corpus, tokenizer, *, context: int) -> torch.Tensor:
+    """Every chunk of seqlen consecutive tokens, in the seeded sample order; (chunks, seqlen).
+
+    The first n rows are the n samples of any claim, so claims with different sample counts
+    share one pass over the longest prefix.
+    """
     s = corpus.settings
     if s.seqlen > context:
         raise SequenceTooLong(f"--seqlen {s.seqlen} exceeds the model's context of {context} tokens; "
@@ -73,15 +78,22 @@ def samples(corpus: Corpus, tokenizer, *, context: int) -> tuple[torch.Tensor, t
     bos_id = _bos_id(tokenizer) if s.bos else None
     body = s.seqlen - (bos_id is not None)
     n_chunks = len(ids) // body
-    if n_chunks < s.nsamples:
-        raise CorpusError(f"corpus {corpus.name} has {len(ids)} tokens: {n_chunks} chunks of {body}, "
-                          f"fewer than --nsamples {s.nsamples}; lower --nsamples or --seqlen, or add text")
-    g = torch.Generator().manual_seed(s.seed)
-    order = torch.randperm(n_chunks, generator=g)[: s.nsamples].sort().values
+    if n_chunks == 0:
+        raise CorpusError(f"corpus {corpus.name} has {len(ids)} tokens, fewer than one sample of {body}; "
+                          "lower --seqlen or add text")
+    order = torch.randperm(n_chunks, generator=torch.Generator().manual_seed(s.seed))
     chunks = torch.tensor([ids[i * body:(i + 1) * body] for i in order.tolist()])
     if bos_id is not None:
         chunks = torch.cat([torch.full((len(chunks), 1), bos_id), chunks], dim=1)
-    return chunks, torch.ones_like(chunks)
+    return chunks
+
+
+def first(chunks: torch.Tensor, n: int, corpus: Corpus) -> torch.Tensor:
+    """The first n samples; a clear error when the corpus has fewer."""
+    if n > len(chunks):
+        raise CorpusError(f"corpus {corpus.name} gives {len(chunks)} samples of {corpus.settings.seqlen} tokens, "
+                          f"fewer than the {n} asked for; lower --nsamples or --seqlen, or add text")
+    return chunks[:n]
 
 
 def _bos_id(tokenizer) -> int:

@@ -1,21 +1,25 @@
-"""Forward passes over a corpus, one per (model, corpus, intervention), cached for the session."""
+"""Forward passes over a corpus, one per (model, corpus, intervention), cached for the session.
+
+A claim reads the first n samples of the corpus's sample order. A pass covers the longest
+prefix asked for so far; a later claim that needs more samples runs only the missing ones.
+"""
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from massact.capture import block_points, capture, collect, mlp_points
-from massact.corpus import Corpus, samples
+from massact.corpus import Corpus, first, samples
 from massact.interventions import Intervention
 from massact.models import LoadedModel
 
 BASELINE = Intervention(kind="none")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PassResult:
     """Per-sample reductions of one pass. points: name -> {statistic: tensor with samples first}."""
 
@@ -25,38 +29,58 @@ class PassResult:
     points: dict[str, dict[str, torch.Tensor]]
     input_ids: torch.Tensor  # (N, T)
     loss: torch.Tensor | None  # (N,) mean next-token NLL per sample; None for encoders
-    seconds: float
+
+    @property
+    def n(self) -> int:
+        return len(self.input_ids)
 
     def stat(self, point: str, name: str) -> torch.Tensor:
         return self.points[point][name]
 
+    def select(self, idx: torch.Tensor) -> PassResult:
+        """The same statistics for the samples ``idx`` (a prefix, or a bootstrap resample)."""
+        return replace(self, points={p: {k: v[idx] for k, v in s.items()} for p, s in self.points.items()},
+                       input_ids=self.input_ids[idx], loss=None if self.loss is None else self.loss[idx])
+
+    def extend(self, more: PassResult) -> PassResult:
+        """This pass followed by the samples of ``more``."""
+        return replace(self, points={p: {k: torch.cat([v, more.points[p][k]]) for k, v in s.items()}
+                                     for p, s in self.points.items()},
+                       input_ids=torch.cat([self.input_ids, more.input_ids]),
+                       loss=None if self.loss is None else torch.cat([self.loss, more.loss]))
+
 
 class Engine:
-    """Runs and caches passes; ``progress`` receives one line per batch."""
+    """Runs and caches passes; ``progress`` receives a line now and then, and one per pass."""
 
     def __init__(self, *, batch_size: int = 4, progress: Callable[..., None] | None = None):
         self.batch_size = batch_size
         self.progress = progress or (lambda line, final=False: None)
         self.cache: dict[tuple[str, str, str], PassResult] = {}
-        self.inputs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.inputs: dict[tuple[str, str], torch.Tensor] = {}
         self.n_passes = 0
+        self.samples_run = 0
         self.seconds = 0.0
 
-    def tokens(self, lm: LoadedModel, corpus: Corpus) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, lm: LoadedModel, corpus: Corpus, n: int) -> torch.Tensor:
         key = (lm.spec, corpus.key)
         if key not in self.inputs:
             self.inputs[key] = samples(corpus, lm.tokenizer, context=lm.context)
-        return self.inputs[key]
+        return first(self.inputs[key], n, corpus)
 
-    def run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention = BASELINE) -> PassResult:
+    def run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention = BASELINE, *, n: int) -> PassResult:
         key = (lm.spec, corpus.key, intervention.key)
-        if key not in self.cache:
-            self.cache[key] = self._run(lm, corpus, intervention)
-        return self.cache[key]
+        have = self.cache.get(key)
+        if have is None or have.n < n:
+            ids = self.tokens(lm, corpus, n)[have.n if have else 0:]
+            new = self._run(lm, corpus, intervention, ids)
+            self.cache[key] = have.extend(new) if have else new
+        r = self.cache[key]
+        return r if r.n == n else r.select(torch.arange(n))
 
-    def _run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention) -> PassResult:
-        ids, mask = self.tokens(lm, corpus)
+    def _run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention, ids: torch.Tensor) -> PassResult:
         points = block_points(lm.adapter, lm.n_layers) + mlp_points(lm.adapter, lm.n_layers)
+        mask = torch.ones_like(ids)  # samples are whole chunks: no padding
         mask_ref: dict[str, torch.Tensor] = {}
         losses = []
         start = time.perf_counter()
@@ -69,18 +93,19 @@ class Engine:
                     mask_ref["mask"] = b_mask
                     out = lm.model(input_ids=b_ids, attention_mask=b_mask)
                     if lm.adapter.is_decoder:
-                        losses.append(next_token_nll(out.logits, b_ids, b_mask))
+                        losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
                     done = min(i + self.batch_size, len(ids))
                     rate = done * ids.shape[1] / (time.perf_counter() - start)
-                    self.progress(f"{lm.name} {intervention.key}: {done}/{len(ids)} samples, {rate:.0f} tok/s")
+                    self.progress(f"{lm.name} / {intervention.key}: {done}/{len(ids)} samples, {rate:.0f} tok/s")
         seconds = time.perf_counter() - start
         self.progress(f"pass {lm.name} / {intervention.key}: {len(ids)} samples x {ids.shape[1]} tokens in "
                       f"{seconds:.1f} s ({ids.numel() / seconds:.0f} tok/s)", final=True)
         self.n_passes += 1
+        self.samples_run += len(ids)
         self.seconds += seconds
         return PassResult(model=lm.spec, corpus_key=corpus.key, intervention=intervention.key,
-                          points=collect(reducers), input_ids=ids, loss=torch.cat(losses) if losses else None,
-                          seconds=seconds)
+                          points={k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()},
+                          input_ids=ids, loss=torch.cat(losses) if losses else None)
 
 
 def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

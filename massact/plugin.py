@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from massact import models
-from massact.claims import BadRecord, Claim, load_records
+from massact.claims import RESAMPLES, BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings
 from massact.errors import MassactError, ModelUnavailable
 from massact.session import Session, verdict_entry
@@ -26,7 +26,10 @@ def pytest_addoption(parser):
                 help=f"model to check, repeatable: built-in name, hub id, directory or .gguf (default: {DEFAULT_MODEL})")
     g.addoption("--corpus", default=str(DEFAULT_CORPUS), metavar="PATH",
                 help="text file or directory of .txt files (default: the bundled corpus)")
-    g.addoption("--nsamples", type=int, default=10, help="samples drawn from the corpus (default: 10)")
+    g.addoption("--nsamples", type=int, default=None,
+                help="samples per claim (default: each claim's own count, as in its document: 10-50)")
+    g.addoption("--resamples", type=int, default=RESAMPLES,
+                help=f"bootstrap resamples behind each verdict's interval; 0 turns it off (default: {RESAMPLES})")
     g.addoption("--seqlen", type=int, default=128, help="tokens per sample (default: 128)")
     g.addoption("--seed", type=int, default=0, help="seed for choosing samples (default: 0)")
     g.addoption("--bos", action="store_true", help="prepend the BOS (or CLS) token to every sample")
@@ -57,10 +60,10 @@ def pytest_configure(config):
     report_dir = Path(config.getoption("report_dir"))
     if not report_dir.is_absolute():
         report_dir = config.invocation_params.dir / report_dir
-    config.stash[SESSION] = Session(corpus=settings, dtype=config.getoption("dtype"),
-                                    device=config.getoption("device"), batch_size=config.getoption("batch_size"),
-                                    report_dir=report_dir if controller else None, progress=_progress(config),
-                                    root=config.rootpath)
+    config.stash[SESSION] = Session(
+        corpus=settings, dtype=config.getoption("dtype"), device=config.getoption("device"),
+        batch_size=config.getoption("batch_size"), resamples=config.getoption("resamples"),
+        report_dir=report_dir if controller else None, progress=_progress(config), root=config.rootpath)
 
 
 def _progress(config):
@@ -167,7 +170,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         label = f"{r['claim']}/{r.get('variant', '')}".rstrip("/")
         tr.write_line(f"{label:<44} {str(r.get('model') or '-'):<14} {r['verdict']:<9} {r.get('summary') or r.get('reason', '')}")
         if r["verdict"] not in ("skipped", "bad-record", "error"):
-            tr.write_line(f"{'':<44} {'':<14} {'':<9} threshold: {r['threshold']} | documented: {r['documented']}")
+            prim = r.get("primary")
+            if prim in r.get("intervals", {}):
+                lo, hi = r["intervals"][prim]
+                tr.write_line(f"{'':<68} {prim} = {r['values'][prim]:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]")
+            tr.write_line(f"{'':<68} threshold: {r['threshold']} | documented: {r['documented']}")
     if s.run_dir is not None:
         tr.write_line(f"results: {s.run_dir / 'results.json'}  ({s.engine.n_passes} forward passes, "
                       f"{s.engine.seconds:.1f} s in passes)")

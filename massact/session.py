@@ -11,7 +11,7 @@ from pathlib import Path
 
 from massact import models
 from massact.checks import Context
-from massact.claims import Claim, Verdict, judge
+from massact.claims import RESAMPLES, Claim, Verdict, judge
 from massact.corpus import Corpus, CorpusSettings, load_corpus
 from massact.engine import Engine
 from massact.errors import MassactError
@@ -20,9 +20,10 @@ from massact.report.results import SCHEMA, new_run_dir, write_results
 
 class Session:
     def __init__(self, *, corpus: CorpusSettings, dtype: str, device: str, report_dir: Path | None,
-                 batch_size: int = 4, progress=None, root: Path | None = None):
+                 batch_size: int = 4, resamples: int = RESAMPLES, progress=None, root: Path | None = None):
         self.corpus_settings = corpus
         self.dtype, self.device = dtype, device
+        self.resamples = resamples
         self.engine = Engine(batch_size=batch_size, progress=progress)
         self.loaded: dict[str, models.LoadedModel | MassactError] = {}
         self.corpus: Corpus | MassactError | None = None
@@ -56,11 +57,12 @@ class Session:
             raise self.corpus
         return self.corpus
 
-    def context(self, spec: str) -> Context:
-        return Context(self.model(spec), self.get_corpus(), self.engine)
+    def context(self, spec: str, claim: Claim) -> Context:
+        n = self.corpus_settings.nsamples or claim.nsamples
+        return Context(self.model(spec), self.get_corpus(), self.engine, n=n)
 
     def judge(self, claim: Claim, spec: str | None) -> Verdict:
-        return judge(claim, self.context(spec) if spec else None)
+        return judge(claim, self.context(spec, claim) if spec else None, resamples=self.resamples)
 
     # -- results
 
@@ -83,6 +85,8 @@ class Session:
             "started": self.started,
             "wall_seconds": round(time.perf_counter() - self.t0, 2),
             "forward_passes": self.engine.n_passes,
+            "samples_run": self.engine.samples_run,
+            "resamples": self.resamples,
             "pass_seconds": round(self.engine.seconds, 2),
             "corpus": corpus,
             "models": {spec: _model_provenance(m) for spec, m in self.loaded.items()},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus, samples
+from massact.corpus import DEFAULT_CORPUS, CorpusSettings, first, load_corpus, samples
 from massact.errors import CorpusError, MassactError, SequenceTooLong
 
 CONTEXT = 512  # MiniLM's positions
@@ -30,6 +30,11 @@ def _load(**kw):
     return load_corpus(CorpusSettings(**kw))
 
 
+def _first(c, tokenizer, n):
+    """The first n samples of the corpus's sample order."""
+    return first(samples(c, tokenizer, context=CONTEXT), n, c)
+
+
 def test_default_corpus_loads() -> None:
     c = _load()
     assert Path(c.settings.path) == DEFAULT_CORPUS
@@ -40,9 +45,10 @@ def test_default_corpus_loads() -> None:
     assert c.sha256[:12] in c.key
 
 
-def test_key_tracks_settings() -> None:
-    keys = {_load(**kw).key for kw in ({}, {"seed": 1}, {"nsamples": 11}, {"seqlen": 64}, {"bos": True})}
-    assert len(keys) == 5
+def test_key_tracks_the_sample_order_not_the_count() -> None:
+    keys = {_load(**kw).key for kw in ({}, {"seed": 1}, {"seqlen": 64}, {"bos": True})}
+    assert len(keys) == 4
+    assert _load(nsamples=11).key == _load().key  # claims read prefixes of one order
 
 
 def test_single_file_corpus(tmp_path: Path) -> None:
@@ -60,19 +66,17 @@ def test_directory_files_sorted_and_joined(tmp_path: Path) -> None:
 
 
 def test_samples_shape_and_determinism(tokenizer) -> None:
-    c = _load(nsamples=6, seqlen=32, seed=3)
-    ids, mask = samples(c, tokenizer, context=CONTEXT)
-    assert ids.shape == mask.shape == (6, 32)
-    assert ids.dtype == torch.long and (mask == 1).all()
-    again, _ = samples(_load(nsamples=6, seqlen=32, seed=3), tokenizer, context=CONTEXT)
-    assert torch.equal(ids, again)
-    other, _ = samples(_load(nsamples=6, seqlen=32, seed=4), tokenizer, context=CONTEXT)
-    assert not torch.equal(ids, other)
+    c = _load(seqlen=32, seed=3)
+    ids = _first(c, tokenizer, 6)
+    assert ids.shape == (6, 32) and ids.dtype == torch.long
+    assert torch.equal(ids, _first(_load(seqlen=32, seed=3), tokenizer, 6))
+    assert not torch.equal(ids, _first(_load(seqlen=32, seed=4), tokenizer, 6))
+    assert torch.equal(_first(c, tokenizer, 3), ids[:3])  # a smaller count is a prefix
 
 
 def test_samples_are_distinct_chunks_of_the_text(tokenizer) -> None:
-    c = _load(nsamples=8, seqlen=16, seed=0)
-    ids, _ = samples(c, tokenizer, context=CONTEXT)
+    c = _load(seqlen=16, seed=0)
+    ids = _first(c, tokenizer, 8)
     all_ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
     starts = []
     for row in ids.tolist():
@@ -80,21 +84,21 @@ def test_samples_are_distinct_chunks_of_the_text(tokenizer) -> None:
         hits = [i for i in range(0, len(all_ids) - 15, 16) if all_ids[i:i + 16] == row]
         assert hits, row
         starts.append(hits[0])
-    assert len(set(starts)) == 8 and starts == sorted(starts)
+    assert len(set(starts)) == 8 and starts != sorted(starts)  # a seeded random order
     assert tokenizer.cls_token_id not in ids  # no special tokens unless bos=True
 
 
 def test_bos_prepends_cls(tokenizer) -> None:
-    plain, _ = samples(_load(nsamples=4, seqlen=32), tokenizer, context=CONTEXT)
-    with_bos, mask = samples(_load(nsamples=4, seqlen=32, bos=True), tokenizer, context=CONTEXT)
-    assert with_bos.shape == mask.shape == (4, 32)
+    plain = _first(_load(seqlen=32), tokenizer, 4)
+    with_bos = _first(_load(seqlen=32, bos=True), tokenizer, 4)
+    assert with_bos.shape == (4, 32)
     assert (with_bos[:, 0] == tokenizer.cls_token_id).all()
     assert tokenizer.cls_token_id not in with_bos[:, 1:]
     assert not torch.equal(with_bos, plain)
 
 
 def test_default_corpus_has_50_samples_of_128(tokenizer) -> None:
-    ids, _ = samples(_load(nsamples=50, seqlen=128), tokenizer, context=CONTEXT)
+    ids = _first(_load(seqlen=128), tokenizer, 50)
     assert ids.shape == (50, 128)
     assert len({tuple(r) for r in ids.tolist()}) == 50
 
@@ -121,23 +125,30 @@ def test_missing_path(tmp_path: Path) -> None:
 def test_too_many_samples_names_token_count(tokenizer, tmp_path: Path) -> None:
     f = tmp_path / "short.txt"
     f.write_text("one two three four five six seven eight nine ten", encoding="utf-8")
-    c = _load(path=str(f), nsamples=3, seqlen=8)
-    n_tokens = len(tokenizer(c.text, add_special_tokens=False)["input_ids"])
-    with pytest.raises(CorpusError, match=rf"\b{n_tokens} tokens") as info:
-        samples(c, tokenizer, context=CONTEXT)
-    assert "--nsamples 3" in str(info.value)
+    c = _load(path=str(f), seqlen=8)
+    n_chunks = len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) // 8
+    with pytest.raises(CorpusError, match=rf"gives {n_chunks} samples of 8 tokens, fewer than the 3") as info:
+        _first(c, tokenizer, 3)
+    assert "--nsamples" in str(info.value)
+
+
+def test_text_shorter_than_one_sample(tokenizer, tmp_path: Path) -> None:
+    f = tmp_path / "tiny.txt"
+    f.write_text("two words", encoding="utf-8")
+    with pytest.raises(CorpusError, match="fewer than one sample"):
+        samples(_load(path=str(f), seqlen=64), tokenizer, context=CONTEXT)
 
 
 def test_too_many_samples_default_corpus(tokenizer) -> None:
-    with pytest.raises(CorpusError, match="tokens"):
-        samples(_load(nsamples=10_000, seqlen=128), tokenizer, context=CONTEXT)
+    with pytest.raises(CorpusError, match="samples"):
+        _first(_load(seqlen=128), tokenizer, 10_000)
 
 
 def test_seqlen_over_context(tokenizer) -> None:
     with pytest.raises(SequenceTooLong, match="512") as info:
         samples(_load(seqlen=513), tokenizer, context=CONTEXT)
     assert isinstance(info.value, MassactError)
-    samples(_load(nsamples=1, seqlen=CONTEXT), tokenizer, context=CONTEXT)  # exactly the context is fine
+    samples(_load(seqlen=CONTEXT), tokenizer, context=CONTEXT)  # exactly the context is fine
 
 
 @pytest.mark.parametrize("kw", [{"nsamples": 0}, {"nsamples": -1}, {"seqlen": 1}])

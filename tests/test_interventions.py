@@ -341,6 +341,6 @@ def test_engine_records_what_the_intervention_left(arch: str, iv: Intervention, 
     lm = LoadedModel(spec=f"tiny-{arch}", name=f"tiny-{arch}", model=model, tokenizer=_CharTokenizer(),
                      adapter=adapter, dtype="float32", device="cpu")
     text = "the quick brown fox jumps over the lazy dog " * 4
-    corpus = Corpus(CorpusSettings(nsamples=2, seqlen=16), "chars", text, "0" * 64)
-    result = Engine(batch_size=2).run(lm, corpus, iv)
+    corpus = Corpus(CorpusSettings(seqlen=16), "chars", text, "0" * 64)
+    result = Engine(batch_size=2).run(lm, corpus, iv, n=2)
     assert check(result.stat(point, "token_max"))

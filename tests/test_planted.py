@@ -37,12 +37,11 @@ def context(model: torch.nn.Module, name: str, *, seed: int = 0) -> Context:
     """A Context over random token ids (planted models need no tokenizer)."""
     lm = LoadedModel(spec=name, name=name, model=model, tokenizer=None, adapter=adapter_for(model.config),
                      dtype="float32", device="cpu")
-    corpus = load_corpus(CorpusSettings(nsamples=4, seqlen=SEQLEN, seed=seed))
+    corpus = load_corpus(CorpusSettings(seqlen=SEQLEN, seed=seed))
     engine = Engine(batch_size=4)
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (4, SEQLEN), generator=g)
-    engine.inputs[(lm.spec, corpus.key)] = (ids, torch.ones_like(ids))
-    return Context(lm, corpus, engine)
+    engine.inputs[(lm.spec, corpus.key)] = torch.randint(0, model.config.vocab_size, (8, SEQLEN), generator=g)
+    return Context(lm, corpus, engine, n=8)
 
 
 plantings = st.fixed_dictionaries({
@@ -63,8 +62,8 @@ def test_finds_the_planted_layer_feature_and_token(p):
     assert v.details["massive_layers"] == list(range(p["layer"], N_LAYER))
     r = ctx.run()
     for l in range(p["layer"], N_LAYER):
-        assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * 4
-        assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * 4
+        assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * 8
+        assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * 8
     dims = judge(record("massive.fixed_dims"), ctx)
     assert dims.verdict == "holds" and dims.values["top_dim"] == p["feature"], dims.summary
 
