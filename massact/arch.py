@@ -21,6 +21,7 @@ class Adapter:
     model_types: tuple[str, ...]
     blocks: str  # ModuleList of blocks, relative to the base model
     attn_out: str  # module whose output[0] is the attention block's contribution, (B, T, D)
+    attn_probs: str  # module whose output[1] is the attention probabilities (B, H, T, T) when eager
     out_proj: str  # attention output projection; a head is a slice of its *input*, (B, T, H*hd)
     mlp_out: str  # module whose output is the MLP's contribution to the residual, (B, T, D)
     # MLP checkpoints: role -> (module path, "in" | "out"); roles: input, pre_act, act, up,
@@ -78,6 +79,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         model_types=("gpt2",),
         blocks="h",
         attn_out="attn",
+        attn_probs="attn",
         out_proj="attn.c_proj",
         mlp_out="mlp",
         mlp_checkpoints=(
@@ -95,6 +97,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         model_types=("gpt_neox",),
         blocks="layers",
         attn_out="attention",
+        attn_probs="attention",
         out_proj="attention.dense",
         mlp_out="mlp",
         mlp_checkpoints=(
@@ -112,6 +115,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3"),
         blocks="layers",
         attn_out="self_attn",
+        attn_probs="self_attn",
         out_proj="self_attn.o_proj",
         mlp_out="mlp",
         # gated MLP: down(act(gate(x)) * up(x))
@@ -132,6 +136,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         blocks="encoder.layer",
         # post-layer-norm: zeroing the dense output keeps LayerNorm(0 + residual)
         attn_out="attention.output.dense",
+        attn_probs="attention.self",
         out_proj="attention.output.dense",
         mlp_out="output.dense",
         mlp_checkpoints=(

@@ -134,6 +134,48 @@ class TokenMax(Reducer):
         return {"token_max": torch.cat(self.parts)}
 
 
+class Keep(Reducer):
+    """The full tensor, (N, T, D): only for the few points a claim asks for by name."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+
+    def update(self, a, mask):
+        self.parts.append(a.detach().float().masked_fill(~mask.bool()[..., None], 0.0))
+
+    def result(self):
+        return {"full": torch.cat(self.parts)}
+
+
+class HeadStats(Reducer):
+    """Per sample and head, means over (unpadded) queries of attention probabilities (B, H, T, T).
+
+    first_incl: mass on key 0 with query 0 included (it always gives 1.0: the documents' method);
+    first_excl: the same over queries >= 1; sink: mass on the first ``sink`` keys; entropy (nats).
+    """
+
+    def __init__(self, sink: int = 4):
+        self.sink = sink
+        self.parts: dict[str, list[torch.Tensor]] = {"first_incl": [], "first_excl": [], "sink": [], "entropy": []}
+
+    def update(self, a, mask):
+        a = a.detach().float()  # (B, H, T, T)
+        q = mask.float()[:, None, :]  # (B, 1, T): which queries count
+        q1 = q.clone()
+        q1[..., 0] = 0
+
+        def mean_q(x, w):  # x (B, H, T) averaged over the queries weighted by w
+            return (x * w).sum(-1) / w.sum(-1).clamp(min=1)
+
+        self.parts["first_incl"].append(mean_q(a[..., 0], q))
+        self.parts["first_excl"].append(mean_q(a[..., 0], q1))
+        self.parts["sink"].append(mean_q(a[..., : self.sink].sum(-1), q))
+        self.parts["entropy"].append(mean_q(-(a * (a + 1e-10).log()).sum(-1), q))
+
+    def result(self):
+        return {k: torch.cat(v) for k, v in self.parts.items()}
+
+
 def default_reducers() -> list[Reducer]:
     return [TopK(3), Median(), FeatureMax(), TokenMax()]
 
@@ -142,12 +184,13 @@ def default_reducers() -> list[Reducer]:
 
 @dataclass(frozen=True)
 class Point:
-    """A named hook point: ``block.{l}`` (block output) or ``mlp.{l}.{role}``."""
+    """A named hook point: ``block.{l}`` (block output), ``mlp.{l}.{role}`` or ``attn.{l}``."""
 
     name: str
     layer: int
     path: str  # module path within the block; "" is the block itself
     where: str  # "in" | "out"
+    item: int = 0  # which element of a tuple the module takes or returns
 
 
 def block_points(adapter: Adapter, n_layers: int) -> list[Point]:
@@ -162,6 +205,11 @@ def mlp_points(adapter: Adapter, n_layers: int) -> list[Point]:
     ]
 
 
+def attention_points(adapter: Adapter, n_layers: int) -> list[Point]:
+    """Attention probabilities, (B, H, T, T): present only in eager attention with output_attentions."""
+    return [Point(f"attn.{l}", l, adapter.attn_probs, "out", item=1) for l in range(n_layers)]
+
+
 @contextmanager
 def capture(
     model: nn.Module,
@@ -169,14 +217,14 @@ def capture(
     points: Sequence[Point],
     *,
     mask_ref: dict[str, torch.Tensor],
-    make_reducers: Callable[[], list[Reducer]] = default_reducers,
+    make_reducers: Callable[[Point], list[Reducer]] = lambda p: default_reducers(),
 ) -> Iterator[dict[str, list[Reducer]]]:
     """Hook ``points``; yields name -> reducers. ``mask_ref["mask"]`` is the current batch's mask.
 
     The caller sets ``mask_ref["mask"]`` before each forward pass, so the hooks can honour
     padding without holding on to the batch.
     """
-    reducers = {p.name: make_reducers() for p in points}
+    reducers = {p.name: make_reducers(p) for p in points}
 
     def make_fn(p: Point):
         def feed(t: torch.Tensor) -> None:
@@ -188,9 +236,12 @@ def capture(
             for r in reducers[p.name]:
                 r.update(t, mask_ref["mask"])
 
+        def pick(x):
+            return x[p.item] if isinstance(x, (tuple, list)) else x
+
         if p.where == "out":
-            return lambda module, args, output: feed(first_tensor(output))
-        return lambda module, args: feed(first_tensor(args))
+            return lambda module, args, output: feed(pick(output))
+        return lambda module, args: feed(pick(args))
 
     regs = [(adapter.block_module(model, p.layer, p.path), p.where, make_fn(p)) for p in points]
     with hooked(regs):

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 
-from massact.capture import block_points, capture, collect, mlp_points
+from massact.capture import HeadStats, Keep, attention_points, block_points, capture, collect, default_reducers, mlp_points
 from massact.corpus import Corpus, first, samples
 from massact.interventions import Intervention
 from massact.models import LoadedModel
@@ -68,37 +69,56 @@ class Engine:
             self.inputs[key] = samples(corpus, lm.tokenizer, context=lm.context)
         return first(self.inputs[key], n, corpus)
 
-    def run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention = BASELINE, *, n: int) -> PassResult:
-        key = (lm.spec, corpus.key, intervention.key)
+    def run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention = BASELINE, *, n: int,
+            keep: tuple[str, ...] = (), attention: bool = False) -> PassResult:
+        """The first n samples under ``intervention``.
+
+        keep: points whose full tensors (N, T, D) are kept (``stat(point, "full")``);
+        attention: run with eager attention and add per-head statistics at ``attn.{l}``.
+        """
+        key = (lm.spec, corpus.key, intervention.key, tuple(sorted(keep)), attention)
         have = self.cache.get(key)
         if have is None or have.n < n:
             ids = self.tokens(lm, corpus, n)[have.n if have else 0:]
-            new = self._run(lm, corpus, intervention, ids)
+            new = self._run(lm, corpus, intervention, ids, keep=key[3], attention=attention)
             self.cache[key] = have.extend(new) if have else new
         r = self.cache[key]
         return r if r.n == n else r.select(torch.arange(n))
 
-    def _run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention, ids: torch.Tensor) -> PassResult:
+    def _run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention, ids: torch.Tensor, *,
+             keep: tuple[str, ...], attention: bool) -> PassResult:
         points = block_points(lm.adapter, lm.n_layers) + mlp_points(lm.adapter, lm.n_layers)
+        if attention:
+            points += attention_points(lm.adapter, lm.n_layers)
+        unknown = set(keep) - {p.name for p in points}
+        if unknown:
+            raise ValueError(f"cannot keep {sorted(unknown)}: not a capture point")
+
+        def reducers_for(p):
+            if p.name.startswith("attn."):
+                return [HeadStats()]
+            return default_reducers() + ([Keep()] if p.name in keep else [])
+
         mask = torch.ones_like(ids)  # samples are whole chunks: no padding
         mask_ref: dict[str, torch.Tensor] = {}
         losses = []
+        label = intervention.key + (" +attention" if attention else "") + (f" +keep {','.join(keep)}" if keep else "")
         start = time.perf_counter()
         # the intervention's hooks first: hooks on one module run in registration order, and a
         # point on an intervened module must record what the intervention left there
-        with torch.no_grad(), intervention.applied(lm.model, lm.adapter):
-            with capture(lm.model, lm.adapter, points, mask_ref=mask_ref) as reducers:
+        with torch.no_grad(), intervention.applied(lm.model, lm.adapter), _eager(lm.model, attention):
+            with capture(lm.model, lm.adapter, points, mask_ref=mask_ref, make_reducers=reducers_for) as reducers:
                 for i in range(0, len(ids), self.batch_size):
                     b_ids, b_mask = ids[i:i + self.batch_size].to(lm.device), mask[i:i + self.batch_size].to(lm.device)
                     mask_ref["mask"] = b_mask
-                    out = lm.model(input_ids=b_ids, attention_mask=b_mask)
+                    out = lm.model(input_ids=b_ids, attention_mask=b_mask, output_attentions=attention)
                     if lm.adapter.is_decoder:
                         losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
                     done = min(i + self.batch_size, len(ids))
                     rate = done * ids.shape[1] / (time.perf_counter() - start)
-                    self.progress(f"{lm.name} / {intervention.key}: {done}/{len(ids)} samples, {rate:.0f} tok/s")
+                    self.progress(f"{lm.name} / {label}: {done}/{len(ids)} samples, {rate:.0f} tok/s")
         seconds = time.perf_counter() - start
-        self.progress(f"pass {lm.name} / {intervention.key}: {len(ids)} samples x {ids.shape[1]} tokens in "
+        self.progress(f"pass {lm.name} / {label}: {len(ids)} samples x {ids.shape[1]} tokens in "
                       f"{seconds:.1f} s ({ids.numel() / seconds:.0f} tok/s)", final=True)
         self.n_passes += 1
         self.samples_run += len(ids)
@@ -106,6 +126,20 @@ class Engine:
         return PassResult(model=lm.spec, corpus_key=corpus.key, intervention=intervention.key,
                           points={k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()},
                           input_ids=ids, loss=torch.cat(losses) if losses else None)
+
+
+@contextmanager
+def _eager(model, on: bool):
+    """Eager attention for the block (SDPA returns no probabilities); the previous one after."""
+    if not on:
+        yield
+        return
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

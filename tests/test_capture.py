@@ -22,7 +22,7 @@ from massact.errors import ActivationOverflow, MassactError
 K = 3
 
 
-def _reducers():
+def _reducers(point=None):
     return [TopK(K), Median(), FeatureMax(), TokenMax()]
 
 

@@ -305,7 +305,7 @@ class _CharTokenizer:
 def _block0_token_max(model, adapter, iv: Intervention, ids, *, capture_outside: bool) -> torch.Tensor:
     mask_ref = {"mask": torch.ones_like(ids)}
     cap = lambda: capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref,  # noqa: E731
-                          make_reducers=lambda: [TokenMax()])
+                          make_reducers=lambda p: [TokenMax()])
     with torch.no_grad():
         if capture_outside:
             with cap() as red, iv.applied(model, adapter):

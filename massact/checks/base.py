@@ -32,8 +32,10 @@ class Context:
     n: int  # samples this claim reads: the first n of the corpus's sample order
     idx: torch.Tensor | None = None  # a bootstrap resample of range(n), or None for all
 
-    def run(self, intervention: Intervention = BASELINE) -> PassResult:
-        r = self.engine.run(self.lm, self.corpus, intervention, n=self.n)
+    def run(self, intervention: Intervention = BASELINE, *, keep: tuple[str, ...] = (),
+            attention: bool = False) -> PassResult:
+        """A cached pass over this claim's samples (see Engine.run for keep and attention)."""
+        r = self.engine.run(self.lm, self.corpus, intervention, n=self.n, keep=keep, attention=attention)
         return r if self.idx is None else r.select(self.idx)
 
     def resampled(self, idx: torch.Tensor) -> Context:
