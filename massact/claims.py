@@ -75,6 +75,8 @@ class Verdict:
     variant: str
     version: int
     model: str | None
+    source: str
+    statement: str
     verdict: str
     summary: str  # the measured value(s), in one line
     threshold: str
@@ -160,7 +162,7 @@ def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed
     """
     check = CHECKS[claim.check]
     base = dict(claim=claim.id, variant=claim.variant, version=claim.version, model=ctx.lm.name if ctx else None,
-                threshold=claim.threshold, documented=claim.documented)
+                source=claim.source, statement=claim.statement, threshold=claim.threshold, documented=claim.documented)
     try:
         m: Measurement = check.fn(ctx, claim.params)
     except ClaimInvalid as e:

@@ -101,9 +101,8 @@ class ClaimCase:
 
     def _skip(self, reason: str, claim: Claim) -> None:
         name = models.canonical_name(self.spec) if self.spec else None
-        self.session.record({"claim": claim.id, "variant": claim.variant, "model": name, "spec": self.spec,
-                             "verdict": "skipped", "reason": reason, "documented": claim.documented,
-                             "threshold": claim.threshold, "summary": ""})
+        self.session.record({**_record_fields(claim), "model": name, "spec": self.spec,
+                             "verdict": "skipped", "reason": reason, "summary": ""})
         pytest.skip(reason)
 
     def verify(self) -> None:
@@ -125,9 +124,8 @@ class ClaimCase:
         if isinstance(error, ModelUnavailable):
             self._skip(str(error), rec)
         if error is not None:
-            self.session.record({"claim": rec.id, "variant": rec.variant, "model": name, "spec": self.spec,
-                                 "verdict": "error", "reason": str(error), "summary": "", "threshold": rec.threshold,
-                                 "documented": rec.documented})
+            self.session.record({**_record_fields(rec), "model": name, "spec": self.spec,
+                                 "verdict": "error", "reason": str(error), "summary": ""})
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         expected = rec.expect.get(name or "document")
         self.session.record(verdict_entry(v, spec=self.spec, expected=expected.verdict if expected else None))
@@ -141,6 +139,12 @@ class ClaimCase:
         else:
             pytest.fail(f"{where}: verdict changed: recorded {expected.verdict} ({expected.reason}), "
                         f"now {v.verdict}. {v.reason}\n{measured}", pytrace=False)
+
+
+def _record_fields(claim: Claim) -> dict:
+    """What a results entry says about the claim itself, whatever became of the item."""
+    return {"claim": claim.id, "variant": claim.variant, "version": claim.version, "source": claim.source,
+            "statement": claim.statement, "threshold": claim.threshold, "documented": claim.documented}
 
 
 @pytest.fixture
