@@ -210,16 +210,20 @@ def _bootstrap(claim: Claim, ctx: Context, decide, *, resamples: int, seed: int)
     """Share of resamples on which the claim holds, and 95% intervals of its numeric values."""
     g = torch.Generator().manual_seed(seed)
     held, seen = 0, {}
-    for _ in range(resamples):
-        idx = torch.randint(ctx.n, (ctx.n,), generator=g)
-        try:
-            mb = CHECKS[claim.check].fn(ctx.resampled(idx), claim.params)
-        except ClaimInvalid:
-            continue  # counts as not holding
-        held += decide(mb)
-        for k, v in mb.values.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                seen.setdefault(k, []).append(float(v))
+    ctx.engine.frozen = True  # replicates reuse the passes of the full samples, never run new ones
+    try:
+        for _ in range(resamples):
+            idx = torch.randint(ctx.n, (ctx.n,), generator=g)
+            try:
+                mb = CHECKS[claim.check].fn(ctx.resampled(idx), claim.params)
+            except ClaimInvalid:
+                continue  # counts as not holding
+            held += decide(mb)
+            for k, v in mb.values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    seen.setdefault(k, []).append(float(v))
+    finally:
+        ctx.engine.frozen = False
     tail = (1 - CONFIDENCE) / 2
     intervals = {k: torch.tensor(v, dtype=torch.float64).quantile(
                      torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()

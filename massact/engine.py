@@ -62,6 +62,7 @@ class Engine:
         self.n_passes = 0
         self.samples_run = 0
         self.seconds = 0.0
+        self.frozen = False  # set while bootstrapping: every pass a replicate reads must be cached
 
     def tokens(self, lm: LoadedModel, corpus: Corpus, n: int) -> torch.Tensor:
         key = (lm.spec, corpus.key)
@@ -79,6 +80,9 @@ class Engine:
         key = (lm.spec, corpus.key, intervention.key, tuple(sorted(keep)), attention)
         have = self.cache.get(key)
         if have is None or have.n < n:
+            if self.frozen:
+                raise RuntimeError(f"a bootstrap replicate asked for a pass not run on the full samples: {key}; "
+                                   "choose interventions from ctx.full()")
             ids = self.tokens(lm, corpus, n)[have.n if have else 0:]
             new = self._run(lm, corpus, intervention, ids, keep=key[3], attention=attention)
             self.cache[key] = have.extend(new) if have else new

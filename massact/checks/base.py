@@ -41,6 +41,11 @@ class Context:
     def resampled(self, idx: torch.Tensor) -> Context:
         return replace(self, idx=idx)
 
+    def full(self) -> Context:
+        """All of this claim's samples, resampled or not: for choices that pick an intervention
+        (which heads to prune, which entries to set), so a bootstrap replicate never needs a new pass."""
+        return replace(self, idx=None)
+
 
 @dataclass
 class Measurement:
