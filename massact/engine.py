@@ -22,33 +22,49 @@ BASELINE = Intervention(kind="none")
 
 @dataclass(frozen=True)
 class PassResult:
-    """Per-sample reductions of one pass. points: name -> {statistic: tensor with samples first}."""
+    """Per-sample reductions of one pass. points: name -> {statistic: tensor with samples first}.
+
+    ``idx`` selects samples lazily (a prefix, or a bootstrap resample): a statistic is indexed
+    only when read, so a resample costs nothing for the hundreds of points a check never reads.
+    """
 
     model: str
     corpus_key: str
     intervention: str
     points: dict[str, dict[str, torch.Tensor]]
-    input_ids: torch.Tensor  # (N, T)
-    loss: torch.Tensor | None  # (N,) mean next-token NLL per sample; None for encoders
+    all_input_ids: torch.Tensor  # (N_all, T)
+    all_loss: torch.Tensor | None  # (N_all,) mean next-token NLL per sample; None for encoders
+    idx: torch.Tensor | None = None
+
+    def _pick(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.idx is None else t[self.idx]
 
     @property
     def n(self) -> int:
-        return len(self.input_ids)
+        return len(self.all_input_ids) if self.idx is None else len(self.idx)
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (N, T)
+        return self._pick(self.all_input_ids)
+
+    @property
+    def loss(self) -> torch.Tensor | None:  # (N,)
+        return None if self.all_loss is None else self._pick(self.all_loss)
 
     def stat(self, point: str, name: str) -> torch.Tensor:
-        return self.points[point][name]
+        return self._pick(self.points[point][name])
 
     def select(self, idx: torch.Tensor) -> PassResult:
-        """The same statistics for the samples ``idx`` (a prefix, or a bootstrap resample)."""
-        return replace(self, points={p: {k: v[idx] for k, v in s.items()} for p, s in self.points.items()},
-                       input_ids=self.input_ids[idx], loss=None if self.loss is None else self.loss[idx])
+        """The same statistics for the samples ``idx`` of this result."""
+        return replace(self, idx=idx if self.idx is None else self.idx[idx])
 
     def extend(self, more: PassResult) -> PassResult:
-        """This pass followed by the samples of ``more``."""
+        """This (unselected) pass followed by the samples of ``more``."""
+        assert self.idx is None and more.idx is None
         return replace(self, points={p: {k: torch.cat([v, more.points[p][k]]) for k, v in s.items()}
                                      for p, s in self.points.items()},
-                       input_ids=torch.cat([self.input_ids, more.input_ids]),
-                       loss=None if self.loss is None else torch.cat([self.loss, more.loss]))
+                       all_input_ids=torch.cat([self.all_input_ids, more.all_input_ids]),
+                       all_loss=None if self.all_loss is None else torch.cat([self.all_loss, more.all_loss]))
 
 
 class Engine:
@@ -129,7 +145,7 @@ class Engine:
         self.seconds += seconds
         return PassResult(model=lm.spec, corpus_key=corpus.key, intervention=intervention.key,
                           points={k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()},
-                          input_ids=ids, loss=torch.cat(losses) if losses else None)
+                          all_input_ids=ids, all_loss=torch.cat(losses) if losses else None)
 
 
 @contextmanager

@@ -1,0 +1,137 @@
+"""Family O: outliers in weights and activations (seed 004)."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from massact.checks.base import ClaimInvalid, Context, Measurement, check
+from massact.metrics import outliers as out
+
+
+def _layers(names: list, n_layers: int) -> list[int]:
+    """Record layer names -> indices: ints as given, "middle" = L // 2, "last" = L - 1."""
+    named = {"middle": n_layers // 2, "last": n_layers - 1}
+    layers = []
+    for x in names:
+        l = named.get(x, x)
+        if not isinstance(l, int):
+            raise ClaimInvalid(f"layer {x!r} is neither an index nor one of {sorted(named)}")
+        if not 0 <= l < n_layers:
+            raise ClaimInvalid(f"layer {l} does not exist: the model has {n_layers} layers")
+        if l not in layers:
+            layers.append(l)
+    return layers
+
+
+def weight_matrices(ctx: Context, layer: int) -> dict[str, torch.Tensor]:
+    """The document's three kinds, per layer: FFN up (for gated MLPs gate and up), attention output."""
+    a, model = ctx.lm.adapter, ctx.lm.model
+    paths = dict((role, path) for role, path, _ in a.mlp_checkpoints)
+    mats = {"ffn_up": a.block_module(model, layer, paths["pre_act"]).weight}
+    if "up" in paths:  # gated MLP: gate_proj sits at pre_act, up_proj is the second up projection
+        mats["ffn_up.up_proj"] = a.block_module(model, layer, paths["up"]).weight
+    mats["attn_output"] = a.block_module(model, layer, a.out_proj).weight
+    return {k: v.detach() for k, v in mats.items()}
+
+
+def _margin(m: dict, p: dict) -> float:
+    """Both tests scaled to their threshold: > 1 exactly when the matrix is heavy tailed."""
+    return min(m["excess_kurtosis"] / (p["min_kurtosis_se"] * out.kurtosis_se(m["n"])), m["max_z"] / p["min_max_z"])
+
+
+def _heavy(m: dict, p: dict) -> bool:
+    return _margin(m, p) > 1
+
+
+@check("layers", "min_kurtosis_se", "min_max_z", resamplable=False)
+def weights_heavy_tailed(ctx: Context, p: dict) -> Measurement:
+    """Every named matrix: excess kurtosis significantly > 0 and its farthest entry > min_max_z std out."""
+    emb: nn.Module = ctx.lm.model.get_input_embeddings()
+    mats = {"embeddings": emb.weight.detach()}
+    for l in _layers(p["layers"], ctx.lm.n_layers):
+        mats.update({f"{k}.{l}": w for k, w in weight_matrices(ctx, l).items()})
+    stats = {k: out.moments(w) for k, w in mats.items()}
+    light = [k for k, m in stats.items() if not _heavy(m, p)]
+    # control: a Gaussian matrix of each size, which must not pass (max |z| grows ~ sqrt(2 ln n))
+    g = torch.Generator().manual_seed(0)
+    gauss = [k for k, w in mats.items() if _heavy(out.moments(torch.randn(w.numel(), generator=g)), p)]
+    values = {"margin": min(_margin(m, p) for m in stats.values()),
+              "min_kurtosis": min(m["excess_kurtosis"] for m in stats.values()),
+              "min_max_z": min(m["max_z"] for m in stats.values())}
+    for k, m in stats.items():
+        values[f"kurtosis.{k}"], values[f"max_z.{k}"] = m["excess_kurtosis"], m["max_z"]
+    # every layer's kurtosis, for the report: cheap next to a forward pass
+    per_layer = {}
+    for l in range(ctx.lm.n_layers):
+        for k, w in weight_matrices(ctx, l).items():
+            per_layer.setdefault(k, []).append(out.excess_kurtosis(w))
+    return Measurement(
+        holds=not light, primary="margin",
+        summary="; ".join(f"{k}: kurtosis {m['excess_kurtosis']:.2f}, max {m['max_z']:.1f} std"
+                          for k, m in stats.items()),
+        values=values, controls={"gaussian_same_size": len(gauss) == len(mats)},
+        reason=f"not heavy tailed: {', '.join(light)}" if light else "",
+        details={"matrices": stats, "per_layer_kurtosis": per_layer, "gaussian_passing": gauss})
+
+
+# id(full tensor) -> (weak ref to it, {frac: per-sample shares}): bootstrap replicates pick samples,
+# so each sample's share is computed once, not once per replicate (a top-k over every entry).
+# Keyed by id, not by tensor: tensors compare elementwise, so they cannot be dict keys.
+_SHARES: dict[int, tuple[weakref.ref, dict[float, torch.Tensor]]] = {}
+
+
+def _shares(full: torch.Tensor, frac: float) -> torch.Tensor:
+    hit = _SHARES.get(id(full))
+    if hit is None or hit[0]() is not full:
+        if len(_SHARES) > 16:  # stale entries of passes no longer alive
+            _SHARES.clear()
+        hit = _SHARES[id(full)] = (weakref.ref(full), {})
+    if frac not in hit[1]:
+        hit[1][frac] = out.energy_share(full, frac=frac)
+    return hit[1][frac]
+
+
+@check("layer", "role", "frac", "min_share")
+def energy_concentration(ctx: Context, p: dict) -> Measurement:
+    """Per sample: share of the sum of squares at one MLP checkpoint carried by its top ``frac`` entries."""
+    l, role = int(p["layer"]), p["role"]
+    if l >= ctx.lm.n_layers:
+        raise ClaimInvalid(f"layer {l} does not exist: {ctx.lm.name} has {ctx.lm.n_layers} layers")
+    if role not in ctx.lm.adapter.checkpoint_roles():
+        raise ClaimInvalid(f"no MLP checkpoint {role!r}: {ctx.lm.adapter.name} has "
+                           f"{ctx.lm.adapter.checkpoint_roles()}")
+    # both roles kept in one pass, so the general form and the documented-method variant share it
+    keep = tuple(f"mlp.{l}.{r}" for r in ("input", "pre_act"))
+    full = replace(ctx, idx=None).run(keep=keep).stat(f"mlp.{l}.{role}", "full")  # (N, T, D), every sample
+    pick = slice(None) if ctx.idx is None else ctx.idx
+    share, half = _shares(full, p["frac"])[pick], _shares(full, p["frac"] / 2)[pick]
+    k = out.top_count(full[0].numel(), p["frac"])
+    mean = float(share.mean())
+    return Measurement(
+        holds=mean > p["min_share"], primary="share",
+        summary=f"mlp.{l}.{role}: top {p['frac']:.2%} of entries ({k} of {full[0].numel()}) carry "
+                f"{mean:.1%} of the energy (top {p['frac'] / 2:.3%}: {float(half.mean()):.1%}), "
+                f"mean over {len(share)} samples",
+        values={"share": mean, "share_half_frac": float(half.mean()), "entries": k},
+        details={"per_sample": share.tolist()})
+
+
+@check("n", "mean", "std", "outliers", "seed", "min_mass", needs_model=False)
+def softmax_amplification(ctx: None, p: dict) -> Measurement:
+    """The document's demo: softmax mass of the outlier scores among n Gaussian ones."""
+    k = len(p["outliers"])
+    scores = out.scores_with_outliers(n=p["n"], mean=p["mean"], std=p["std"], outliers=p["outliers"], seed=p["seed"])
+    idx = list(range(p["n"], p["n"] + k))
+    mass = out.softmax_mass(scores, idx)
+    # control: the same k positions holding ordinary draws instead of outliers
+    plain = out.scores_with_outliers(n=p["n"] + k, mean=p["mean"], std=p["std"], outliers=[], seed=p["seed"])
+    control = out.softmax_mass(plain, idx)
+    return Measurement(
+        holds=mass >= p["min_mass"], primary="mass",
+        summary=f"{k} outliers {p['outliers']} take {mass:.5%} of the softmax mass over {p['n']} scores "
+                f"~ N({p['mean']:g}, {p['std']:g}); without outliers those {k} entries take {control:.3%}",
+        values={"mass": mass, "control_mass": control},
+        controls={"no_outliers": control >= p["min_mass"]})
