@@ -14,9 +14,11 @@ from massact import models
 from massact.claims import RESAMPLES, BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings
 from massact.errors import MassactError, ModelUnavailable
+from massact.report import diff, html
 from massact.session import Session, verdict_entry
 
 SESSION = pytest.StashKey[Session]()
+FINISH = pytest.StashKey[tuple[str, list[str], bool]]()  # report line, baseline lines, baseline failed
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -37,7 +39,12 @@ def pytest_addoption(parser):
     g.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype (default: float32)")
     g.addoption("--batch-size", type=int, default=4, help="samples per forward pass (default: 4)")
     g.addoption("--report-dir", default="reports", metavar="DIR",
-                help="where each run writes <run>/results.json (default: reports/)")
+                help="where each run writes <run>/results.json and <run>/report.html (default: reports/)")
+    g.addoption("--baseline", default=None, metavar="PATH",
+                help="compare with an earlier results.json: a changed verdict, or a primary value moved by > 10%% "
+                     "and outside the baseline's 95%% interval, fails the session (default: no comparison)")
+    g.addoption("--update-baseline", action="store_true",
+                help="rewrite the --baseline file with this run's results instead of comparing")
 
 
 def model_specs(config) -> list[str]:
@@ -56,6 +63,8 @@ def pytest_configure(config):
                                   bos=config.getoption("bos"))
     except MassactError as e:
         raise pytest.UsageError(str(e)) from None
+    if config.getoption("update_baseline") and not config.getoption("baseline"):
+        raise pytest.UsageError("--update-baseline needs --baseline PATH: the file to rewrite")
     controller = not hasattr(config, "workerinput")  # under xdist only the controller writes reports
     report_dir = Path(config.getoption("report_dir"))
     if not report_dir.is_absolute():
@@ -161,7 +170,28 @@ def massact_session(request) -> Session:
 def pytest_sessionfinish(session, exitstatus):
     s = session.config.stash.get(SESSION, None)
     if s is not None:
-        s.write(complete=exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR))
+        complete = exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+        if complete and s.report_dir is not None:
+            s.add_prompt_activations()
+        doc = s.write(complete=complete)
+        if doc is not None:
+            _report_and_baseline(session, s, doc)
+
+
+def _report_and_baseline(session, s: Session, doc: dict) -> None:
+    """report.html beside results.json (also for a failed or cut-off run); then --baseline."""
+    try:
+        report = f"report: {html.write_report(doc, s.run_dir / 'report.html')}"
+    except Exception as e:  # noqa: BLE001 - results.json is written; say why the page is not
+        report = f"report.html NOT written: {type(e).__name__}: {e}"
+    session.config.stash[FINISH] = (report, [], False)
+    path = session.config.getoption("baseline")
+    if path:
+        path = Path(path) if Path(path).is_absolute() else session.config.invocation_params.dir / path
+        outcome = diff.check_baseline(doc, path, update=session.config.getoption("update_baseline"))
+        session.config.stash[FINISH] = (report, outcome.lines, outcome.failed)
+        if outcome.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -182,3 +212,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if s.run_dir is not None:
         tr.write_line(f"results: {s.run_dir / 'results.json'}  ({s.engine.n_passes} forward passes, "
                       f"{s.engine.seconds:.1f} s in passes)")
+    report, baseline, failed = config.stash.get(FINISH, ("", [], False))
+    if report:
+        tr.write_line(report)
+    if baseline:
+        tr.section("massact baseline", red=failed, bold=failed)
+        for line in baseline:
+            tr.write_line(line)

@@ -1,0 +1,60 @@
+"""Command line for nightly jobs, outside pytest; imports no torch.
+
+    python -m massact report RESULTS [-o OUT]   re-render report.html from a results.json
+    python -m massact diff A B                  differences of B against baseline A; exit 1 on a regression
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from massact.report import diff, html
+from massact.report.results import read_results
+
+
+def _report(args: argparse.Namespace) -> int:
+    doc = read_results(args.results)
+    out = args.output or Path(args.results).with_name("report.html")
+    path = html.write_report(doc, out)
+    print(f"{path} ({path.stat().st_size / 1024:.0f} KiB, {len(doc.get('results', []))} results)")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    base, new = read_results(args.a), read_results(args.b)
+    changes = diff.compare(base, new, rel_tol=args.rel_tol, abs_tol=args.abs_tol)
+    bad = [c for c in changes if c.failing]
+    for line in diff.provenance_lines(base, new, names=(f"A {args.a}", f"B {args.b}")):
+        print(line)
+    print()
+    for line in diff.table(changes):
+        print(line)
+    print(f"\n{len(bad)} regression(s), {len(changes) - len(bad)} note(s); {diff.rule(args.rel_tol)}")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m massact", description="massact reports outside pytest")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("report", help="re-render report.html from a results.json")
+    r.add_argument("results", type=Path, metavar="RESULTS")
+    r.add_argument("-o", "--output", type=Path, default=None, help="where to write (default: report.html beside RESULTS)")
+    r.set_defaults(fn=_report)
+    d = sub.add_parser("diff", help="compare two results.json; exit 1 when a verdict changed or a value moved")
+    d.add_argument("a", type=Path, metavar="A", help="the baseline results.json")
+    d.add_argument("b", type=Path, metavar="B", help="the results.json to check against it")
+    d.add_argument("--rel-tol", type=float, default=diff.REL_TOL,
+                   help=f"relative move of a primary value that fails, if also outside A's interval (default: {diff.REL_TOL})")
+    d.add_argument("--abs-tol", type=float, default=diff.ABS_TOL, help=f"moves below this never fail (default: {diff.ABS_TOL})")
+    d.set_defaults(fn=_diff)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (OSError, ValueError) as e:  # a missing or unreadable file: say so, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
