@@ -66,7 +66,7 @@ def test_all_model_claims(benchmark, setup):
         engine = Engine()
         for r in records:
             judge(r, Context(lm, corpus, engine, n=N))
-        return ctx.engine.n_passes
+        return engine.n_passes
 
     passes = benchmark.pedantic(run_all, rounds=1, iterations=1)
     ratio = benchmark.stats.stats.min / plain_s
