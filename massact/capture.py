@@ -59,17 +59,18 @@ def replace_first(x, new: torch.Tensor):
 class Reducer:
     """Streaming per-sample statistic: update() per batch, result() at the end."""
 
-    def update(self, a: torch.Tensor, mask: torch.Tensor) -> None:  # a (B, T, D), mask (B, T)
+    def update(self, a: torch.Tensor, mask: torch.Tensor, absa: torch.Tensor) -> None:
+        """a (B, T, D), mask (B, T), absa = masked_abs(a, mask), computed once for all reducers of a point."""
         raise NotImplementedError
 
     def result(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
-def _abs_masked(a: torch.Tensor, mask: torch.Tensor, fill: float) -> torch.Tensor:
-    """|a| in float32 with padded tokens set to ``fill``; (B, T, D)."""
+def masked_abs(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """|a| in float32 with padded tokens set to 0; (B, T, D)."""
     out = a.detach().float().abs()
-    return out.masked_fill(~mask.bool()[..., None], fill)
+    return out if mask.bool().all() else out.masked_fill(~mask.bool()[..., None], 0.0)
 
 
 class TopK(Reducer):
@@ -79,10 +80,11 @@ class TopK(Reducer):
         self.k = k
         self.parts: dict[str, list[torch.Tensor]] = {"top_abs": [], "top_value": [], "top_token": [], "top_feature": []}
 
-    def update(self, a, mask):
+    def update(self, a, mask, absa):
         B, T, D = a.shape
-        absa = _abs_masked(a, mask, -1.0).reshape(B, T * D)
-        vals, idx = absa.topk(min(self.k, T * D), dim=1)  # (B, k)
+        if not mask.bool().all():  # a padded token is never picked, not even among zeros
+            absa = absa.masked_fill(~mask.bool()[..., None], -1.0)
+        vals, idx = absa.reshape(B, T * D).topk(min(self.k, T * D), dim=1)  # (B, k)
         signed = a.detach().float().reshape(B, T * D).gather(1, idx)
         self.parts["top_abs"].append(vals)
         self.parts["top_value"].append(signed)
@@ -94,13 +96,15 @@ class TopK(Reducer):
 
 
 class Median(Reducer):
-    """Per sample: the median |a| over every unpadded (token, feature) entry."""
+    """Per sample: the median |a| over every unpadded (token, feature) entry (the lower of two middles)."""
 
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask):
-        absa = a.detach().float().abs()
+    def update(self, a, mask, absa):
+        if mask.bool().all():  # one call for the batch
+            self.parts.append(absa.reshape(a.shape[0], -1).median(dim=1).values)
+            return
         for b in range(a.shape[0]):
             self.parts.append(absa[b][mask[b].bool()].median().reshape(1))
 
@@ -114,8 +118,8 @@ class FeatureMax(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask):
-        self.parts.append(_abs_masked(a, mask, 0.0).amax(dim=1))
+    def update(self, a, mask, absa):
+        self.parts.append(absa.amax(dim=1))
 
     def result(self):
         return {"feature_max": torch.cat(self.parts)}
@@ -127,8 +131,8 @@ class TokenMax(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask):
-        self.parts.append(_abs_masked(a, mask, 0.0).amax(dim=2))
+    def update(self, a, mask, absa):
+        self.parts.append(absa.amax(dim=2))
 
     def result(self):
         return {"token_max": torch.cat(self.parts)}
@@ -140,7 +144,7 @@ class Keep(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask):
+    def update(self, a, mask, absa):
         self.parts.append(a.detach().float().masked_fill(~mask.bool()[..., None], 0.0))
 
     def result(self):
@@ -158,7 +162,7 @@ class HeadStats(Reducer):
         self.sink = sink
         self.parts: dict[str, list[torch.Tensor]] = {"first_incl": [], "first_excl": [], "sink": [], "entropy": []}
 
-    def update(self, a, mask):
+    def update(self, a, mask, absa):
         a = a.detach().float()  # (B, H, T, T)
         q = mask.float()[:, None, :]  # (B, 1, T): which queries count
         q1 = q.clone()
@@ -228,13 +232,16 @@ def capture(
 
     def make_fn(p: Point):
         def feed(t: torch.Tensor) -> None:
-            if not torch.isfinite(t).all():
+            mask = mask_ref["mask"]
+            # attention probabilities (B, H, T, T) are masked by HeadStats itself
+            absa = masked_abs(t, mask) if t.dim() == 3 else t.detach().float().abs()
+            if not torch.isfinite(absa.amax()):  # the max of |t| is inf or nan where any entry is
                 raise ActivationOverflow(
                     f"activations at {p.name} reached inf/nan in {t.dtype}; massive activations can "
                     "pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
                 )
             for r in reducers[p.name]:
-                r.update(t, mask_ref["mask"])
+                r.update(t, mask, absa)
 
         def pick(x):
             return x[p.item] if isinstance(x, (tuple, list)) else x

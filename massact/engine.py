@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from massact.capture import HeadStats, Keep, attention_points, block_points, capture, collect, default_reducers, mlp_points
+from massact.capture import HeadStats, Keep, TopK, attention_points, block_points, capture, collect, default_reducers, mlp_points
 from massact.corpus import Corpus, first, samples
 from massact.interventions import Intervention
 from massact.models import LoadedModel
@@ -117,7 +117,10 @@ class Engine:
         def reducers_for(p):
             if p.name.startswith("attn."):
                 return [HeadStats()]
-            return default_reducers() + ([Keep()] if p.name in keep else [])
+            # MLP checkpoints: only the top entries; a median over every entry is the costliest
+            # statistic, and the one claim that needs it at a checkpoint keeps the full tensor
+            kept = [Keep()] if p.name in keep else []
+            return (default_reducers() if p.name.startswith("block.") else [TopK(3)]) + kept
 
         mask = torch.ones_like(ids)  # samples are whole chunks: no padding
         mask_ref: dict[str, torch.Tensor] = {}

@@ -15,6 +15,7 @@ from massact.capture import (
     capture,
     collect,
     hooked,
+    masked_abs,
     mlp_points,
 )
 from massact.errors import ActivationOverflow, MassactError
@@ -199,6 +200,14 @@ def test_topk_values_sit_at_reported_positions() -> None:
         assert (s["top_abs"][:, :-1] >= s["top_abs"][:, 1:]).all()  # sorted, largest first
 
 
+def test_median_of_a_batch_without_padding_is_each_samples_lower_median() -> None:
+    a = torch.randn(3, 5, 4)  # 20 entries: the lower of the two middle values, as torch.median
+    mask = torch.ones(3, 5)
+    med = Median()
+    med.update(a, mask, masked_abs(a, mask))
+    assert med.result()["median"].tolist() == [a[b].abs().flatten().sort().values[9].item() for b in range(3)]
+
+
 def test_reducers_on_hand_built_tensor() -> None:
     """Reducers alone, with a tensor whose answer is known."""
     a = torch.zeros(2, 3, 4)
@@ -209,7 +218,7 @@ def test_reducers_on_hand_built_tensor() -> None:
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     top, med, fmax, tmax = TopK(2), Median(), FeatureMax(), TokenMax()
     for r in (top, med, fmax, tmax):
-        r.update(a, mask)
+        r.update(a, mask, masked_abs(a, mask))
     t = top.result()
     assert t["top_abs"].tolist() == [[9.0, 5.0], [7.0, 0.0]]
     assert t["top_value"][0].tolist() == [-9.0, 5.0]

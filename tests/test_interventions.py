@@ -11,7 +11,7 @@ from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
 from massact.capture import TokenMax, block_points, capture, collect
 from massact.corpus import Corpus, CorpusSettings
-from massact.engine import Engine
+from massact.engine import Engine, PassResult
 from massact.errors import MassactError
 from massact.interventions import Intervention
 from massact.models import LoadedModel
@@ -331,11 +331,11 @@ def test_capture_inside_intervention_sees_set_value() -> None:
 
 
 @pytest.mark.parametrize("arch, iv, point, check", [
-    ("gpt2", SET, "block.0", lambda tm: (tm[:, 2] == 500.0).all()),
-    ("bert", Intervention(kind="zero_mlp"), "mlp.0.output", lambda tm: (tm == 0).all()),
+    ("gpt2", SET, "block.0", lambda r: (r.stat("block.0", "token_max")[:, 2] == 500.0).all()),
+    ("bert", Intervention(kind="zero_mlp"), "mlp.0.output", lambda r: (r.stat("mlp.0.output", "top_abs") == 0).all()),
 ], ids=["gpt2-set_activations", "bert-zero_mlp"])
 def test_engine_records_what_the_intervention_left(arch: str, iv: Intervention, point: str,
-                                                   check: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                                                   check: Callable[[PassResult], torch.Tensor]) -> None:
     model = tiny_model(arch)
     adapter = adapter_for(model.config)
     lm = LoadedModel(spec=f"tiny-{arch}", name=f"tiny-{arch}", model=model, tokenizer=_CharTokenizer(),
@@ -343,4 +343,4 @@ def test_engine_records_what_the_intervention_left(arch: str, iv: Intervention, 
     text = "the quick brown fox jumps over the lazy dog " * 4
     corpus = Corpus(CorpusSettings(seqlen=16), "chars", text, "0" * 64)
     result = Engine(batch_size=2).run(lm, corpus, iv, n=2)
-    assert check(result.stat(point, "token_max"))
+    assert point in result.points and check(result)

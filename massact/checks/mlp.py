@@ -39,8 +39,9 @@ def mlp_down_amplifies(ctx: Context, p: dict) -> Measurement:
 
 
 def ckpt_median(r: PassResult, layer: int, role: str) -> float:
-    """Mean over samples of the median |a| at one MLP checkpoint."""
-    return float(r.stat(f"mlp.{layer}.{role}", "median").double().mean())
+    """Mean over samples of the median |a| at one MLP checkpoint; ``r`` keeps that checkpoint."""
+    full = r.stat(f"mlp.{layer}.{role}", "full")  # (N, T, D)
+    return float(full.abs().reshape(len(full), -1).median(dim=1).values.double().mean())
 
 
 def _growth(new: float, old: float) -> float:
@@ -57,10 +58,10 @@ def mlp_checkpoints(ctx: Context, p: dict) -> Measurement:
     Holds when the max grows >= min_factor from the MLP's input to its output and that growth
     exceeds the median's by >= min_concentration: a uniform rescale of every entry is no outlier.
     """
-    layer = emergence_layer(ctx, p)
-    r = ctx.run()
-    cps = {role: {"max": ckpt_max(r, layer, role), "median": ckpt_median(r, layer, role)}
-           for role in ctx.lm.adapter.checkpoint_roles()}
+    layer = emergence_layer(ctx.full(), p)  # every resample reads the same kept layer
+    roles = ctx.lm.adapter.checkpoint_roles()
+    r = ctx.run(keep=tuple(f"mlp.{layer}.{role}" for role in roles))
+    cps = {role: {"max": ckpt_max(r, layer, role), "median": ckpt_median(r, layer, role)} for role in roles}
     max_f = _growth(cps["output"]["max"], cps["input"]["max"])
     med_f = _growth(cps["output"]["median"], cps["input"]["median"])
     conc = _growth(max_f, med_f)
