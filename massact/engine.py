@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from massact.capture import HeadStats, Keep, TopK, attention_points, block_points, capture, collect, default_reducers, mlp_points
+from massact.capture import HeadStats, Keep, Median, TopK, attention_points, block_points, capture, collect, default_reducers, mlp_points
 from massact.corpus import Corpus, first, samples
 from massact.interventions import Intervention
 from massact.models import LoadedModel
@@ -90,7 +90,8 @@ class Engine:
             keep: tuple[str, ...] = (), attention: bool = False) -> PassResult:
         """The first n samples under ``intervention``.
 
-        keep: points whose full tensors (N, T, D) are kept (``stat(point, "full")``);
+        keep: points whose full tensors (N, T, D) are kept (``stat(point, "full")``; a kept MLP checkpoint
+              also gets its per-sample median);
         attention: run with eager attention and add per-head statistics at ``attn.{l}``.
         """
         key = (lm.spec, corpus.key, intervention.key, tuple(sorted(keep)), attention)
@@ -117,10 +118,11 @@ class Engine:
         def reducers_for(p):
             if p.name.startswith("attn."):
                 return [HeadStats()]
+            if p.name.startswith("block."):
+                return default_reducers() + ([Keep()] if p.name in keep else [])
             # MLP checkpoints: only the top entries; a median over every entry is the costliest
-            # statistic, and the one claim that needs it at a checkpoint keeps the full tensor
-            kept = [Keep()] if p.name in keep else []
-            return (default_reducers() if p.name.startswith("block.") else [TopK(3)]) + kept
+            # statistic, taken only where a claim keeps the checkpoint
+            return [TopK(3)] + ([Keep(), Median()] if p.name in keep else [])
 
         mask = torch.ones_like(ids)  # samples are whole chunks: no padding
         mask_ref: dict[str, torch.Tensor] = {}

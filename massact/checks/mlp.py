@@ -39,9 +39,8 @@ def mlp_down_amplifies(ctx: Context, p: dict) -> Measurement:
 
 
 def ckpt_median(r: PassResult, layer: int, role: str) -> float:
-    """Mean over samples of the median |a| at one MLP checkpoint; ``r`` keeps that checkpoint."""
-    full = r.stat(f"mlp.{layer}.{role}", "full")  # (N, T, D)
-    return float(full.abs().reshape(len(full), -1).median(dim=1).values.double().mean())
+    """Mean over samples of the median |a| at one MLP checkpoint; ``r`` must keep that checkpoint."""
+    return float(r.stat(f"mlp.{layer}.{role}", "median").double().mean())
 
 
 def _growth(new: float, old: float) -> float:
