@@ -18,14 +18,7 @@ PLANT = dict(layer=1, feature=40, token=3, magnitude=1000.0, n_layer=N_LAYER, n_
 DOC_UNITS = {496: -0.2986, 681: -0.2295, 732: -0.2231, 21: -0.2190, 231: 0.2190}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: with shared cores, torch's intra-op threads make each bootstrap
-    replicate's indexing ~100x slower than one thread does. Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

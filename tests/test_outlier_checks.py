@@ -18,14 +18,7 @@ T = torch.tensor
 DOC = dict(n=1000, mean=2.0, std=0.5, outliers=[15.2, 12.8, 18.3, 9.7, 20.5])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: with shared cores, torch's intra-op threads make each bootstrap
-    replicate's indexing ~100x slower than one thread does. Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- moments and tails
