@@ -75,16 +75,16 @@ def samples(corpus: Corpus, tokenizer, *, context: int) -> torch.Tensor:
         raise SequenceTooLong(f"--seqlen {s.seqlen} exceeds the model's context of {context} tokens; "
                               f"use --seqlen {context} or less")
     ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
-    bos_id = _bos_id(tokenizer) if s.bos else None
-    body = s.seqlen - (bos_id is not None)
+    start = bos_id(tokenizer) if s.bos else None
+    body = s.seqlen - (start is not None)
     n_chunks = len(ids) // body
     if n_chunks == 0:
         raise CorpusError(f"corpus {corpus.name} has {len(ids)} tokens, fewer than one sample of {body}; "
                           "lower --seqlen or add text")
     order = torch.randperm(n_chunks, generator=torch.Generator().manual_seed(s.seed))
     chunks = torch.tensor([ids[i * body:(i + 1) * body] for i in order.tolist()])
-    if bos_id is not None:
-        chunks = torch.cat([torch.full((len(chunks), 1), bos_id), chunks], dim=1)
+    if start is not None:
+        chunks = torch.cat([torch.full((len(chunks), 1), start), chunks], dim=1)
     return chunks
 
 
@@ -96,7 +96,8 @@ def first(chunks: torch.Tensor, n: int, corpus: Corpus) -> torch.Tensor:
     return chunks[:n]
 
 
-def _bos_id(tokenizer) -> int:
+def bos_id(tokenizer) -> int:
+    """The BOS token, else the CLS token (encoders), that --bos prepends."""
     for attr in ("bos_token_id", "cls_token_id"):
         tid = getattr(tokenizer, attr, None)
         if tid is not None:

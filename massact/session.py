@@ -15,7 +15,7 @@ from massact import models
 from massact.capture import Keep, block_points, capture, collect
 from massact.checks import Context
 from massact.claims import RESAMPLES, Claim, Verdict, judge
-from massact.corpus import Corpus, CorpusSettings, load_corpus
+from massact.corpus import Corpus, CorpusSettings, bos_id, load_corpus
 from massact.engine import Engine
 from massact.errors import MassactError
 from massact.report.results import SCHEMA, new_run_dir, write_results
@@ -140,10 +140,8 @@ def prompt_activations(lm: models.LoadedModel, prompt: str, *, layer: tuple[int,
                        n_features: int = 24) -> dict:
     """One pass over ``prompt``; |a| at block ``layer`` (else its largest top-1/median) for the top features."""
     ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, T)
-    special = getattr(lm.tokenizer, "bos_token_id", None)
-    special = special if special is not None else getattr(lm.tokenizer, "cls_token_id", None)
-    if bos and special is not None:  # as the corpus samples were fed
-        ids = torch.cat([torch.tensor([[special]]), ids], dim=1)
+    if bos:  # as the corpus samples were fed
+        ids = torch.cat([torch.tensor([[bos_id(lm.tokenizer)]]), ids], dim=1)
     mask = torch.ones_like(ids)
     with torch.no_grad(), capture(lm.model, lm.adapter, block_points(lm.adapter, lm.n_layers),
                                   mask_ref={"mask": mask.to(lm.device)}, make_reducers=lambda p: [Keep()]) as red:

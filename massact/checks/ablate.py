@@ -40,10 +40,9 @@ def ablation(ctx: Context, p: dict) -> Measurement:
 PRUNE = {"documented_method": "documented", "correct_method": "correct"}
 
 
-def _ranking(ctx: Context, p: dict):
-    """Heads ranked by first-token attention on all of the claim's samples (never a resample)."""
-    s = scores(ctx.full(), p["rank_by"])
-    return s, s.shape
+def _ranking(ctx: Context, p: dict) -> torch.Tensor:
+    """First-token attention per head (L, H), on all of the claim's samples (never a resample)."""
+    return scores(ctx.full(), p["rank_by"])
 
 
 def _prune_change(ctx: Context, base, heads: list[tuple[int, int]], method: str) -> torch.Tensor:
@@ -55,7 +54,8 @@ def _prune_change(ctx: Context, base, heads: list[tuple[int, int]], method: str)
 @check("method", "rank_by", "k", "random_draws")
 def top_vs_bottom_heads(ctx: Context, p: dict) -> Measurement:
     """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones."""
-    s, (L, H) = _ranking(ctx, p)
+    s = _ranking(ctx, p)
+    L, H = s.shape
     top, bottom = hm.ranked(s, p["k"]), hm.ranked(s, p["k"], top=False)
     base = profile(ctx.run(), ctx.lm.n_layers)
     impact = {}
@@ -77,7 +77,7 @@ def top_vs_bottom_heads(ctx: Context, p: dict) -> Measurement:
 @check("method", "rank_by", "n_heads", "bound")
 def single_head(ctx: Context, p: dict) -> Measurement:
     """Pruning one of the top first-token heads leaves its own layer's top-1 within ``bound``."""
-    s, _ = _ranking(ctx, p)
+    s = _ranking(ctx, p)
     base = profile(ctx.run(), ctx.lm.n_layers)
     change = {}
     for l, h in hm.ranked(s, p["n_heads"]):

@@ -8,6 +8,7 @@ Checks read passes only through ``ctx.run()``, so the judge can bootstrap them o
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -102,6 +103,15 @@ def emergence_layer(ctx: Context, p: dict) -> int:
         raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations "
                            f"(top-1 >= {p['min_abs']:g} and >= {p['min_ratio']:g}x median): nothing to locate")
     return layers[0]
+
+
+def massive_dim(ctx: Context, r: PassResult, layer: int, p: dict) -> int:
+    """``params.dim``, or the feature that is most often the per-sample top-1 of block ``layer``'s output."""
+    if "dim" in p:
+        if p["dim"] >= ctx.lm.hidden_size:
+            raise ClaimInvalid(f"dim {p['dim']} does not exist: {ctx.lm.name} has hidden size {ctx.lm.hidden_size}")
+        return int(p["dim"])
+    return Counter(r.stat(f"block.{layer}", "top_feature")[:, 0].tolist()).most_common(1)[0][0]
 
 
 def ranges(layers: list[int]) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from massact.checks.base import ClaimInvalid, Context, Measurement, check, emergence_layer
 from massact.interventions import Intervention
+from massact.metrics import activations as act
 
 
 def massive_entries(ctx: Context, layer: int, p: dict) -> list[tuple[int, int, float]]:
@@ -15,13 +16,13 @@ def massive_entries(ctx: Context, layer: int, p: dict) -> list[tuple[int, int, f
     r = ctx.run()
     vals, toks, feats = (r.stat(f"block.{layer}", k) for k in ("top_value", "top_token", "top_feature"))
     med = r.stat(f"block.{layer}", "median")
+    massive = act.massive_mask(vals.abs(), med[:, None], min_abs=p["min_abs"], min_ratio=p["min_ratio"])  # (N, k)
     hits: Counter = Counter()
     sums: dict[tuple[int, int], float] = {}
-    for i in range(len(vals)):
-        for v, t, f in zip(vals[i].tolist(), toks[i].tolist(), feats[i].tolist()):
-            if abs(v) >= p["min_abs"] and abs(v) >= p["min_ratio"] * float(med[i]):
-                hits[(t, f)] += 1
-                sums[(t, f)] = sums.get((t, f), 0.0) + v
+    for i, j in massive.nonzero().tolist():
+        t, f = int(toks[i, j]), int(feats[i, j])
+        hits[(t, f)] += 1
+        sums[(t, f)] = sums.get((t, f), 0.0) + float(vals[i, j])
     keep = [k for k, c in hits.items() if c >= p["min_recur"] * len(vals)]
     return [(t, f, sums[(t, f)] / hits[(t, f)]) for t, f in sorted(keep)]
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import torch
 
-from massact.checks.base import ClaimInvalid, Context, Measurement, check, emergence_layer
+from massact.checks.base import ClaimInvalid, Context, Measurement, check, emergence_layer, massive_dim
 from massact.engine import PassResult
 from massact.errors import ClaimRecordError
 from massact.metrics import outliers as out
@@ -76,11 +75,6 @@ def mlp_checkpoints(ctx: Context, p: dict) -> Measurement:
         details={"layer": layer, "checkpoints": cps})
 
 
-def massive_dim(r: PassResult, layer: int) -> int:
-    """The feature that most samples' top-1 entry sits in, at block ``layer``'s output."""
-    return Counter(r.stat(f"block.{layer}", "top_feature")[:, 0].tolist()).most_common(1)[0][0]
-
-
 def contributor_row(ctx: Context, layer: int, dim: int, method: str) -> tuple[torch.Tensor, str]:
     """The down projection weights a method reads for ``dim``, and what they are.
 
@@ -112,9 +106,7 @@ def mlp_top_contributors(ctx: Context, p: dict) -> Measurement:
     puts ~2-4% there.
     """
     layer = emergence_layer(ctx, p)
-    dim = int(p["dim"]) if "dim" in p else massive_dim(ctx.run(), layer)
-    if dim >= ctx.lm.hidden_size:
-        raise ClaimInvalid(f"dim {dim} does not exist: {ctx.lm.name} has hidden size {ctx.lm.hidden_size}")
+    dim = massive_dim(ctx, ctx.run(), layer, p)
     row, what = contributor_row(ctx, layer, dim, p["method"])
     units = [u for u in p.get("units", []) if u >= len(row)]
     if units:

@@ -8,11 +8,10 @@ the massive dim is ``params.dim`` or the most frequent top-1 feature of that lay
 from __future__ import annotations
 
 import weakref
-from collections import Counter
 
 import torch
 
-from massact.checks.base import ClaimInvalid, Context, Measurement, check, emergence_layer
+from massact.checks.base import ClaimInvalid, Context, Measurement, check, emergence_layer, massive_dim
 from massact.engine import PassResult
 from massact.metrics import svd
 
@@ -30,15 +29,6 @@ def down_singular(ctx: Context, layer: int, *, k: int = N_DIRECTIONS) -> svd.Sin
         hit = (stamp, svd.top_singular(ctx.lm.adapter.down_weight(ctx.lm.model, layer), k))
         _SVD_CACHE[module] = hit
     return hit[1]
-
-
-def massive_dim(ctx: Context, r: PassResult, layer: int, p: dict) -> int:
-    """``params.dim``, or the feature that is most often the layer's per-sample top-1."""
-    if "dim" in p:
-        if p["dim"] >= ctx.lm.hidden_size:
-            raise ClaimInvalid(f"dim {p['dim']} does not exist: {ctx.lm.name} has hidden size {ctx.lm.hidden_size}")
-        return int(p["dim"])
-    return Counter(r.stat(f"block.{layer}", "top_feature")[:, 0].tolist()).most_common(1)[0][0]
 
 
 def svd_pass(ctx: Context, p: dict) -> tuple[int, int, PassResult]:

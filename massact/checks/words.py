@@ -14,6 +14,7 @@ import torch
 
 from massact.checks.base import ClaimInvalid, Context, Measurement, check, massive_layers, profile
 from massact.checks.svd import projection_data
+from massact.metrics import activations as act
 from massact.metrics import svd, words
 
 CODE = {c: i for i, c in enumerate(words.CLASSES)}
@@ -115,7 +116,7 @@ def massive_tokens(ctx: Context, p: dict) -> Measurement:
     pos0_pairs = 0
     for l in layers:
         tm, med = r.stat(f"block.{l}", "token_max"), r.stat(f"block.{l}", "median")
-        m = (tm >= p["min_abs"]) & (tm >= p["min_ratio"] * med[:, None])
+        m = act.massive_mask(tm, med[:, None], min_abs=p["min_abs"], min_ratio=p["min_ratio"])
         hit |= m
         pos0_pairs += int(m[:, 0].sum())
     n = int(hit.sum())
