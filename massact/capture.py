@@ -180,8 +180,24 @@ class HeadStats(Reducer):
         return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
-def default_reducers() -> list[Reducer]:
-    return [TopK(3), Median(), FeatureMax(), TokenMax()]
+# statistic name -> the reducer that makes it; a pass builds each reducer a point needs once
+STATISTICS: dict[str, type[Reducer]] = {
+    **{name: TopK for name in ("top_abs", "top_value", "top_token", "top_feature")},
+    "median": Median,
+    "feature_max": FeatureMax,
+    "token_max": TokenMax,
+    "full": Keep,
+    **{name: HeadStats for name in ("first_incl", "first_excl", "sink", "entropy")},
+}
+
+
+def reducers_for(stats: set[str] | frozenset[str]) -> list[Reducer]:
+    """One reducer per kind that the statistics ``stats`` need, in a fixed order."""
+    unknown = set(stats) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {sorted(unknown)}; known: {sorted(STATISTICS)}")
+    kinds = list(dict.fromkeys(STATISTICS[s] for s in sorted(stats, key=list(STATISTICS).index)))
+    return [k() for k in kinds]
 
 
 # ---------------------------------------------------------------- points
@@ -210,8 +226,14 @@ def mlp_points(adapter: Adapter, n_layers: int) -> list[Point]:
 
 
 def attention_points(adapter: Adapter, n_layers: int) -> list[Point]:
-    """Attention probabilities, (B, H, T, T): present only in eager attention with output_attentions."""
+    """Attention probabilities, (B, H, T, T): present only in eager attention."""
     return [Point(f"attn.{l}", l, adapter.attn_probs, "out", item=1) for l in range(n_layers)]
+
+
+def all_points(adapter: Adapter, n_layers: int) -> dict[str, Point]:
+    """Every capture point of a model by name: block outputs, MLP checkpoints, attention."""
+    pts = block_points(adapter, n_layers) + mlp_points(adapter, n_layers) + attention_points(adapter, n_layers)
+    return {p.name: p for p in pts}
 
 
 @contextmanager
@@ -221,7 +243,7 @@ def capture(
     points: Sequence[Point],
     *,
     mask_ref: dict[str, torch.Tensor],
-    make_reducers: Callable[[Point], list[Reducer]] = lambda p: default_reducers(),
+    make_reducers: Callable[[Point], list[Reducer]],
 ) -> Iterator[dict[str, list[Reducer]]]:
     """Hook ``points``; yields name -> reducers. ``mask_ref["mask"]`` is the current batch's mask.
 

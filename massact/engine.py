@@ -1,23 +1,24 @@
-"""Forward passes over a corpus, one per (model, corpus, intervention), cached for the session.
+"""Serves requests with as few passes as possible, cached for the session.
 
-A claim reads the first n samples of the corpus's sample order. A pass covers the longest
-prefix asked for so far; a later claim that needs more samples runs only the missing ones.
+A request is served by any cached pass of the same kind (model, source, mode, intervention,
+attention) whose statistics include the ones asked for. ``plan()`` announces the requests of
+every claim about to run, so the first pass of each kind computes what all of them need.
+Claims read prefixes of one sample order: a pass covers the longest prefix asked for so far,
+and a later claim that needs more samples runs only the missing ones.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import torch
 
-from massact.capture import HeadStats, Keep, Median, TopK, attention_points, block_points, capture, collect, default_reducers, mlp_points
-from massact.corpus import Corpus, first, samples
-from massact.interventions import Intervention
+from massact.capture import all_points
+from massact.corpus import Corpus
 from massact.models import LoadedModel
-
-BASELINE = Intervention(kind="none")
+from massact.requests import LOSS_POINT, Request, expand
+from massact.runners import RUNNERS
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,9 @@ class PassResult:
     only when read, so a resample costs nothing for the hundreds of points a check never reads.
     """
 
-    model: str
-    corpus_key: str
-    intervention: str
+    request: Request
     points: dict[str, dict[str, torch.Tensor]]
     all_input_ids: torch.Tensor  # (N_all, T)
-    all_loss: torch.Tensor | None  # (N_all,) mean next-token NLL per sample; None for encoders
     idx: torch.Tensor | None = None
 
     def _pick(self, t: torch.Tensor) -> torch.Tensor:
@@ -48,14 +46,22 @@ class PassResult:
         return self._pick(self.all_input_ids)
 
     @property
-    def loss(self) -> torch.Tensor | None:  # (N,)
-        return None if self.all_loss is None else self._pick(self.all_loss)
+    def loss(self) -> torch.Tensor | None:
+        """(N,) mean next-token NLL per sample; None where the model has no language-model head."""
+        got = self.points.get(LOSS_POINT, {}).get("loss")
+        return None if got is None else self._pick(got)
 
     def stat(self, point: str, name: str) -> torch.Tensor:
-        return self._pick(self.points[point][name])
+        try:
+            return self._pick(self.points[point][name])
+        except KeyError:
+            raise KeyError(f"the pass {self.request.describe()} has no statistic {name!r} at {point!r}: "
+                           "the check must ask for it in its request") from None
 
-    def select(self, idx: torch.Tensor) -> PassResult:
-        """The same statistics for the samples ``idx`` of this result."""
+    def select(self, idx: torch.Tensor | None) -> PassResult:
+        """The same statistics for the samples ``idx`` of this result (None: all of them)."""
+        if idx is None:
+            return self
         return replace(self, idx=idx if self.idx is None else self.idx[idx])
 
     def extend(self, more: PassResult) -> PassResult:
@@ -63,8 +69,16 @@ class PassResult:
         assert self.idx is None and more.idx is None
         return replace(self, points={p: {k: torch.cat([v, more.points[p][k]]) for k, v in s.items()}
                                      for p, s in self.points.items()},
-                       all_input_ids=torch.cat([self.all_input_ids, more.all_input_ids]),
-                       all_loss=None if self.all_loss is None else torch.cat([self.all_loss, more.all_loss]))
+                       all_input_ids=torch.cat([self.all_input_ids, more.all_input_ids]))
+
+
+@dataclass
+class _Cached:
+    wants: dict[str, frozenset[str]]  # point -> statistics this pass computes
+    result: PassResult
+
+    def covers(self, wants: dict[str, frozenset[str]]) -> bool:
+        return all(p in self.wants and s <= self.wants[p] for p, s in wants.items())
 
 
 class Engine:
@@ -73,103 +87,69 @@ class Engine:
     def __init__(self, *, batch_size: int = 4, progress: Callable[..., None] | None = None):
         self.batch_size = batch_size
         self.progress = progress or (lambda line, final=False: None)
-        self.cache: dict[tuple[str, str, str], PassResult] = {}
-        self.inputs: dict[tuple[str, str], torch.Tensor] = {}
+        self.passes: dict[tuple, list[_Cached]] = {}  # (model, same_pass) -> passes
+        self.planned: dict[tuple, tuple[Request, int]] = {}  # (model, same_pass) -> merged request, samples
+        self.inputs: dict[tuple[str, str], torch.Tensor] = {}  # (model, source key) -> every sample's ids
         self.n_passes = 0
         self.samples_run = 0
         self.seconds = 0.0
-        self.frozen = False  # set while bootstrapping: every pass a replicate reads must be cached
 
-    def tokens(self, lm: LoadedModel, corpus: Corpus, n: int) -> torch.Tensor:
-        key = (lm.spec, corpus.key)
-        if key not in self.inputs:
-            self.inputs[key] = samples(corpus, lm.tokenizer, context=lm.context)
-        return first(self.inputs[key], n, corpus)
+    def plan(self, lm: LoadedModel, corpus: Corpus, requests: Iterable[tuple[Request, int]]) -> None:
+        """Announce requests (with their sample counts) that claims will make: the first pass of
+        each kind then computes the union of their statistics over the most samples asked."""
+        names = self._point_names(lm)
+        for req, n in requests:
+            try:
+                expand(req.stats, names)
+            except ValueError:
+                continue  # a point this model lacks: the check says so itself when it runs
+            kind = (lm.spec, req.same_pass(corpus))
+            have = self.planned.get(kind)
+            self.planned[kind] = (have[0] | req, max(have[1], n)) if have else (req, n)
 
-    def run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention = BASELINE, *, n: int,
-            keep: tuple[str, ...] = (), attention: bool = False) -> PassResult:
-        """The first n samples under ``intervention``.
-
-        keep: points whose full tensors (N, T, D) are kept (``stat(point, "full")``; a kept MLP checkpoint
-              also gets its per-sample median);
-        attention: run with eager attention and add per-head statistics at ``attn.{l}``.
-        """
-        key = (lm.spec, corpus.key, intervention.key, tuple(sorted(keep)), attention)
-        have = self.cache.get(key)
-        if have is None or have.n < n:
-            if self.frozen:
-                raise RuntimeError(f"a bootstrap replicate asked for a pass not run on the full samples: {key}; "
-                                   "choose interventions from ctx.full()")
-            ids = self.tokens(lm, corpus, n)[have.n if have else 0:]
-            new = self._run(lm, corpus, intervention, ids, keep=key[3], attention=attention)
-            self.cache[key] = have.extend(new) if have else new
-        r = self.cache[key]
+    def run(self, lm: LoadedModel, corpus: Corpus, request: Request, *, n: int) -> PassResult:
+        """The first n samples of ``request``'s source, with at least the statistics it asks for."""
+        kind = (lm.spec, request.same_pass(corpus))
+        names = self._point_names(lm)
+        wants = expand(request.stats, names)
+        cached = next((c for c in self.passes.get(kind, []) if c.covers(wants)), None)
+        if cached is None:
+            planned, planned_n = self.planned.pop(kind, (None, 0))
+            if planned is not None:
+                request, n_run = planned | request, max(n, planned_n)
+                wants = expand(request.stats, names)
+            else:
+                n_run = n
+            cached = _Cached(wants, self._run(lm, corpus, request, wants, 0, n_run))
+            self.passes.setdefault(kind, []).append(cached)
+        elif cached.result.n < n:
+            cached.result = cached.result.extend(self._run(lm, corpus, cached.result.request, cached.wants,
+                                                           cached.result.n, n))
+        r = cached.result
         return r if r.n == n else r.select(torch.arange(n))
 
-    def _run(self, lm: LoadedModel, corpus: Corpus, intervention: Intervention, ids: torch.Tensor, *,
-             keep: tuple[str, ...], attention: bool) -> PassResult:
-        points = block_points(lm.adapter, lm.n_layers) + mlp_points(lm.adapter, lm.n_layers)
-        if attention:
-            points += attention_points(lm.adapter, lm.n_layers)
-        unknown = set(keep) - {p.name for p in points}
-        if unknown:
-            raise ValueError(f"cannot keep {sorted(unknown)}: not a capture point")
+    def _point_names(self, lm: LoadedModel) -> list[str]:
+        return [*all_points(lm.adapter, lm.n_layers), LOSS_POINT]
 
-        def reducers_for(p):
-            if p.name.startswith("attn."):
-                return [HeadStats()]
-            if p.name.startswith("block."):
-                return default_reducers() + ([Keep()] if p.name in keep else [])
-            # MLP checkpoints: only the top entries; a median over every entry is the costliest
-            # statistic, taken only where a claim keeps the checkpoint
-            return [TopK(3)] + ([Keep(), Median()] if p.name in keep else [])
+    def _ids(self, lm: LoadedModel, corpus: Corpus, request: Request, n: int) -> torch.Tensor:
+        key = (lm.spec, request.source.key(corpus))
+        if key not in self.inputs:
+            self.inputs[key] = request.source.tokens(lm, corpus)
+        return request.source.take(self.inputs[key], n, corpus)
 
-        mask = torch.ones_like(ids)  # samples are whole chunks: no padding
-        mask_ref: dict[str, torch.Tensor] = {}
-        losses = []
-        label = intervention.key + (" +attention" if attention else "") + (f" +keep {','.join(keep)}" if keep else "")
-        start = time.perf_counter()
-        # the intervention's hooks first: hooks on one module run in registration order, and a
-        # point on an intervened module must record what the intervention left there
-        with torch.no_grad(), intervention.applied(lm.model, lm.adapter), _eager(lm.model, attention):
-            with capture(lm.model, lm.adapter, points, mask_ref=mask_ref, make_reducers=reducers_for) as reducers:
-                for i in range(0, len(ids), self.batch_size):
-                    b_ids, b_mask = ids[i:i + self.batch_size].to(lm.device), mask[i:i + self.batch_size].to(lm.device)
-                    mask_ref["mask"] = b_mask
-                    out = lm.model(input_ids=b_ids, attention_mask=b_mask, output_attentions=attention)
-                    if lm.adapter.is_decoder:
-                        losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
-                    done = min(i + self.batch_size, len(ids))
-                    rate = done * ids.shape[1] / (time.perf_counter() - start)
-                    self.progress(f"{lm.name} / {label}: {done}/{len(ids)} samples, {rate:.0f} tok/s")
-        seconds = time.perf_counter() - start
-        self.progress(f"pass {lm.name} / {label}: {len(ids)} samples x {ids.shape[1]} tokens in "
-                      f"{seconds:.1f} s ({ids.numel() / seconds:.0f} tok/s)", final=True)
+    def _run(self, lm: LoadedModel, corpus: Corpus, request: Request, wants: dict[str, frozenset[str]],
+             start: int, n: int) -> PassResult:
+        """Samples [start, n) of ``request``."""
+        ids = self._ids(lm, corpus, request, n)[start:]
+        label = f"{lm.name} / {request.describe()}"
+        t0 = time.perf_counter()
+        points = RUNNERS[request.mode](lm, ids, wants, request.intervention, eager=request.eager,
+                                       batch_size=self.batch_size,
+                                       progress=lambda line: self.progress(f"{label}: {line}"))
+        seconds = time.perf_counter() - t0
+        self.progress(f"pass {label}: {len(ids)} samples x {ids.shape[1]} tokens in {seconds:.1f} s "
+                      f"({ids.numel() / seconds:.0f} tok/s)", final=True)
         self.n_passes += 1
         self.samples_run += len(ids)
         self.seconds += seconds
-        return PassResult(model=lm.spec, corpus_key=corpus.key, intervention=intervention.key,
-                          points={k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()},
-                          all_input_ids=ids, all_loss=torch.cat(losses) if losses else None)
-
-
-@contextmanager
-def _eager(model, on: bool):
-    """Eager attention for the block (SDPA returns no probabilities); the previous one after."""
-    if not on:
-        yield
-        return
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
-
-
-def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token negative log-likelihood per sample; logits (B, T, V), ids/mask (B, T)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
-    m = mask[:, 1:].float()
-    return ((nll * m).sum(1) / m.sum(1).clamp(min=1)).double()
+        return PassResult(request=request, points=points, all_input_ids=ids)

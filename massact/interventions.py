@@ -1,64 +1,98 @@
-"""Interventions as records with an ``applied()`` context manager built on ``capture.hooked``.
+"""Interventions: an open protocol, a ``key`` and an ``applied()`` context manager.
 
-Every intervention keeps the residual stream and the layer norms: it only replaces what one
-component writes. An intervention is a frozen record, so it can key the pass cache.
+An intervention is a frozen record, so it can key the pass cache; a new kind is a new class,
+never a branch here. The ones below replace what one component writes and keep the residual
+stream and the layer norms; their hooks come from ``capture.hooked`` and never outlive the block.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from massact.arch import Adapter
-from massact.capture import first_tensor, hooked, replace_first
+from massact.capture import Registration, first_tensor, hooked, replace_first
 
 
-@dataclass(frozen=True)
-class Intervention:
-    """kind: none | zero_attention | zero_mlp | prune_heads | set_activations.
-
-    prune_heads: ``heads`` = ((layer, head), ...); ``method`` "correct" zeroes the head's slice of
-    the output projection's input; "documented" zeroes a head-sized slice of the attention block's
-    *output* (what the documents' code did; not a head ablation).
-    set_activations: ``entries`` = ((layer, token, feature, value), ...): the block output of
-    ``layer`` at (token, feature) is overwritten with ``value`` in every sample.
-    """
-
-    kind: str
-    heads: tuple[tuple[int, int], ...] = ()
-    method: str = "correct"
-    entries: tuple[tuple[int, int, int, float], ...] = ()
+class Intervention(Protocol):
+    """What a pass changes in the model: ``key`` names it in caches and reports."""
 
     @property
-    def key(self) -> str:
-        if self.kind in ("none", "zero_attention", "zero_mlp"):
-            return self.kind
-        if self.kind == "prune_heads":
-            return f"prune_heads[{self.method}]" + "".join(f"({l},{h})" for l, h in self.heads)
-        return "set_activations" + "".join(f"({l},{t},{f}={v:.6g})" for l, t, f, v in self.entries)
+    def key(self) -> str: ...
+
+    def applied(self, model: nn.Module, adapter: Adapter) -> AbstractContextManager[None]: ...
+
+
+class HookIntervention:
+    """An intervention made of forward (pre-)hooks: subclasses give ``registrations``."""
+
+    def registrations(self, model: nn.Module, adapter: Adapter) -> list[Registration]:
+        raise NotImplementedError
 
     @contextmanager
     def applied(self, model: nn.Module, adapter: Adapter) -> Iterator[None]:
-        n_layers = len(adapter.block_list(model))
-        if self.kind == "none":
-            regs = []
-        elif self.kind == "zero_attention":
-            regs = [(adapter.block_module(model, l, adapter.attn_out), "out", _zero_output) for l in range(n_layers)]
-        elif self.kind == "zero_mlp":
-            regs = [(adapter.block_module(model, l, adapter.mlp_out), "out", _zero_output) for l in range(n_layers)]
-        elif self.kind == "prune_heads":
-            regs = self._prune_regs(model, adapter)
-        elif self.kind == "set_activations":
-            regs = self._set_regs(model, adapter)
-        else:
-            raise ValueError(f"unknown intervention kind {self.kind!r}")
-        with hooked(regs):
+        with hooked(self.registrations(model, adapter)):  # registrations validate before any hook is added
             yield
 
-    def _prune_regs(self, model, adapter):
+
+@dataclass(frozen=True)
+class Baseline(HookIntervention):
+    """The model as it is."""
+
+    key = "none"
+
+    def registrations(self, model, adapter):
+        return []
+
+
+@dataclass(frozen=True)
+class ZeroAttention(HookIntervention):
+    """Every attention block writes zeros to the residual stream."""
+
+    key = "zero_attention"
+
+    def registrations(self, model, adapter):
+        return [(adapter.block_module(model, l, adapter.attn_out), "out", _zero_output)
+                for l in range(len(adapter.block_list(model)))]
+
+
+@dataclass(frozen=True)
+class ZeroMLP(HookIntervention):
+    """Every MLP writes zeros to the residual stream."""
+
+    key = "zero_mlp"
+
+    def registrations(self, model, adapter):
+        return [(adapter.block_module(model, l, adapter.mlp_out), "out", _zero_output)
+                for l in range(len(adapter.block_list(model)))]
+
+
+PRUNE_METHODS = ("correct", "documented")
+
+
+@dataclass(frozen=True)
+class PruneHeads(HookIntervention):
+    """Zero query heads ``((layer, head), ...)``.
+
+    method "correct" zeroes the head's slice of the output projection's input; "documented"
+    zeroes a head-sized slice of the attention block's *output* (what the documents' code did;
+    not a head ablation).
+    """
+
+    heads: tuple[tuple[int, int], ...]
+    method: str = "correct"
+
+    @property
+    def key(self) -> str:
+        return f"prune_heads[{self.method}]" + "".join(f"({l},{h})" for l, h in self.heads)
+
+    def registrations(self, model, adapter):
+        if self.method not in PRUNE_METHODS:
+            raise ValueError(f"prune method must be one of {PRUNE_METHODS}, not {self.method!r}")
         hd = adapter.head_dim(model.config)
         n_layers, n_heads = len(adapter.block_list(model)), adapter.n_heads(model.config)
         by_layer: dict[int, list[int]] = {}
@@ -67,18 +101,26 @@ class Intervention:
                 raise ValueError(f"prune_heads: head ({l}, {h}) does not exist; the model has "
                                  f"{n_layers} layers of {n_heads} query heads")
             by_layer.setdefault(l, []).append(h)
-        regs = []
-        for l, hs in sorted(by_layer.items()):
-            if self.method == "correct":
-                # the out projection's input is the concatenation of heads: (B, T, H * hd)
-                regs.append((adapter.block_module(model, l, adapter.out_proj), "in", _zero_slices_in(hs, hd)))
-            elif self.method == "documented":
-                regs.append((adapter.block_module(model, l, adapter.attn_out), "out", _zero_slices_out(hs, hd)))
-            else:
-                raise ValueError(f"prune method must be 'correct' or 'documented', not {self.method!r}")
-        return regs
+        if self.method == "correct":
+            # the out projection's input is the concatenation of heads: (B, T, H * hd)
+            return [(adapter.block_module(model, l, adapter.out_proj), "in", _zero_slices_in(hs, hd))
+                    for l, hs in sorted(by_layer.items())]
+        return [(adapter.block_module(model, l, adapter.attn_out), "out", _zero_slices_out(hs, hd))
+                for l, hs in sorted(by_layer.items())]
 
-    def _set_regs(self, model, adapter):
+
+@dataclass(frozen=True)
+class SetActivations(HookIntervention):
+    """``entries`` = ((layer, token, feature, value), ...): block ``layer``'s output at
+    (token, feature) is overwritten with ``value`` in every sample."""
+
+    entries: tuple[tuple[int, int, int, float], ...]
+
+    @property
+    def key(self) -> str:
+        return "set_activations" + "".join(f"({l},{t},{f}={v:.6g})" for l, t, f, v in self.entries)
+
+    def registrations(self, model, adapter):
         n_layers, hidden = len(adapter.block_list(model)), model.config.hidden_size
         by_layer: dict[int, list[tuple[int, int, float]]] = {}
         for l, t, f, v in self.entries:
@@ -87,6 +129,11 @@ class Intervention:
                                  f"model's {n_layers} layers x {hidden} features")
             by_layer.setdefault(l, []).append((t, f, v))
         return [(adapter.block_module(model, l, ""), "out", _set_entries(es)) for l, es in sorted(by_layer.items())]
+
+
+NONE = Baseline()
+# the whole-component ablations a claim record can name in its params
+BY_NAME: dict[str, Intervention] = {"zero_attention": ZeroAttention(), "zero_mlp": ZeroMLP()}
 
 
 def _zero_output(module, args, output):

@@ -229,6 +229,10 @@ def test_reducers_on_hand_built_tensor() -> None:
     assert tmax.result()["token_max"].tolist() == [[0.0, 9.0, 5.0], [7.0, 0.0, 0.0]]
 
 
+def _top3(point):
+    return [TopK(3)]
+
+
 def test_no_hooks_remain_after_capture(arch_model) -> None:
     arch, _ = arch_model
     model = tiny_model(arch)  # fresh: transformers adds its own hooks on output_hidden_states
@@ -237,7 +241,7 @@ def test_no_hooks_remain_after_capture(arch_model) -> None:
     assert _n_hooks(model) == 0
     points = block_points(adapter, L) + mlp_points(adapter, L)
     mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
-    with torch.no_grad(), capture(model, adapter, points, mask_ref=mask_ref):
+    with torch.no_grad(), capture(model, adapter, points, mask_ref=mask_ref, make_reducers=_top3):
         assert _n_hooks(model) == len(points)
         model(input_ids=_ids(1, 4, 0))
     assert _n_hooks(model) == 0
@@ -248,16 +252,16 @@ def test_no_hooks_remain_after_error_in_block() -> None:
     adapter = adapter_for(model.config)
     points = block_points(adapter, 2) + mlp_points(adapter, 2)
     with pytest.raises(KeyError):  # forward without a mask set: the first hook raises mid-pass
-        with torch.no_grad(), capture(model, adapter, points, mask_ref={}):
+        with torch.no_grad(), capture(model, adapter, points, mask_ref={}, make_reducers=_top3):
             model(input_ids=_ids(1, 4, 0))
     assert _n_hooks(model) == 0
     with pytest.raises(RuntimeError, match="boom"):
-        with capture(model, adapter, points, mask_ref={}):
+        with capture(model, adapter, points, mask_ref={}, make_reducers=_top3):
             assert _n_hooks(model) > 0
             raise RuntimeError("boom")
     assert _n_hooks(model) == 0
     with pytest.raises(IndexError):  # a token id outside the vocabulary: the model raises
-        with torch.no_grad(), capture(model, adapter, points, mask_ref={"mask": torch.ones(1, 4)}):
+        with torch.no_grad(), capture(model, adapter, points, mask_ref={"mask": torch.ones(1, 4)}, make_reducers=_top3):
             model(input_ids=torch.full((1, 4), 10_000))
     assert _n_hooks(model) == 0
 
@@ -288,7 +292,7 @@ def test_overflow_raises_naming_point_and_dtype() -> None:
     try:
         mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
         with pytest.raises(ActivationOverflow) as info:
-            with torch.no_grad(), capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref):
+            with torch.no_grad(), capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref, make_reducers=_top3):
                 model(input_ids=_ids(1, 4, 0))
     finally:
         handle.remove()
@@ -303,7 +307,7 @@ def test_finite_fp16_pass_does_not_raise() -> None:
     model = tiny_model("gpt2").half()
     adapter = adapter_for(model.config)
     mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
-    with torch.no_grad(), capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref) as red:
+    with torch.no_grad(), capture(model, adapter, block_points(adapter, 2), mask_ref=mask_ref, make_reducers=_top3) as red:
         model(input_ids=_ids(1, 4, 0))
     top = collect(red)["block.1"]["top_abs"]
     assert top.dtype == torch.float32 and torch.isfinite(top).all()

@@ -12,8 +12,9 @@ from massact.arch import adapter_for
 from massact.capture import TokenMax, block_points, capture, collect
 from massact.corpus import Corpus, CorpusSettings
 from massact.engine import Engine, PassResult
+from massact.requests import want
 from massact.errors import MassactError
-from massact.interventions import Intervention
+from massact.interventions import BY_NAME, NONE, Intervention, PruneHeads, SetActivations, ZeroAttention, ZeroMLP
 from massact.models import LoadedModel
 
 HD = 8  # head dim of every tiny model: 32 wide, 4 heads
@@ -72,14 +73,14 @@ def arch_model(request):
 def test_none_is_identity(arch_model) -> None:
     _, model, adapter = arch_model
     ids = _ids()
-    assert torch.equal(_run(model, adapter, Intervention(kind="none"), ids), _out(model, ids))
+    assert torch.equal(_run(model, adapter, NONE, ids), _out(model, ids))
 
 
 def test_prune_no_heads_is_identity(arch_model) -> None:
     _, model, adapter = arch_model
     ids = _ids()
     for method in ("correct", "documented"):
-        iv = Intervention(kind="prune_heads", heads=(), method=method)
+        iv = PruneHeads((), method)
         assert torch.equal(_run(model, adapter, iv, ids), _out(model, ids))
 
 
@@ -88,7 +89,7 @@ def test_zeroing_changes_output(arch_model, kind: str) -> None:
     _, model, adapter = arch_model
     ids = _ids()
     base = _out(model, ids)
-    new = _run(model, adapter, Intervention(kind=kind), ids)
+    new = _run(model, adapter, BY_NAME[kind], ids)
     assert torch.isfinite(new).all()
     assert not torch.allclose(new, base, atol=1e-4)
     assert torch.equal(_out(model, ids), base)  # and the model is itself again afterwards
@@ -99,7 +100,7 @@ def test_zeroed_module_emits_zeros(arch_model, kind: str) -> None:
     _, model, adapter = arch_model
     path = adapter.attn_out if kind == "zero_attention" else adapter.mlp_out
     for layer in range(2):
-        out = _seen(model, adapter, Intervention(kind=kind), _ids(), adapter.block_module(model, layer, path), "out")
+        out = _seen(model, adapter, BY_NAME[kind], _ids(), adapter.block_module(model, layer, path), "out")
         assert (out == 0).all()
 
 
@@ -107,16 +108,16 @@ def test_zero_attention_gpt2_blocks_stay_finite() -> None:
     model = tiny_model("gpt2")
     adapter = adapter_for(model.config)
     ids = _ids()
-    attn = _seen(model, adapter, Intervention(kind="zero_attention"), ids, model.transformer.h[0].attn, "out")
+    attn = _seen(model, adapter, ZeroAttention(), ids, model.transformer.h[0].attn, "out")
     assert attn.shape == (2, 8, 32) and (attn == 0).all()
     for layer in range(2):
-        out = _seen(model, adapter, Intervention(kind="zero_attention"), ids, model.transformer.h[layer], "out")
+        out = _seen(model, adapter, ZeroAttention(), ids, model.transformer.h[layer], "out")
         assert torch.isfinite(out).all() and out.abs().max() > 0
     # with no attention, block 0's output is embeddings + MLP(ln_2(embeddings)): per-token only
-    block0 = _seen(model, adapter, Intervention(kind="zero_attention"), ids, model.transformer.h[0], "out")
+    block0 = _seen(model, adapter, ZeroAttention(), ids, model.transformer.h[0], "out")
     swapped = ids.clone()
     swapped[:, 0] = (ids[:, 0] + 1) % 100  # changing token 0 cannot reach later tokens
-    block0_swapped = _seen(model, adapter, Intervention(kind="zero_attention"), swapped,
+    block0_swapped = _seen(model, adapter, ZeroAttention(), swapped,
                            model.transformer.h[0], "out")
     assert torch.allclose(block0[:, 1:], block0_swapped[:, 1:])
     assert not torch.allclose(block0[:, 0], block0_swapped[:, 0])
@@ -127,8 +128,8 @@ def test_prune_correct_zeroes_the_heads_input_slice() -> None:
     adapter = adapter_for(model.config)
     ids, layer, head = _ids(), 1, 2
     proj = adapter.block_module(model, layer, adapter.out_proj)
-    base = _seen(model, adapter, Intervention(kind="none"), ids, proj, "in")
-    iv = Intervention(kind="prune_heads", heads=((layer, head),), method="correct")
+    base = _seen(model, adapter, NONE, ids, proj, "in")
+    iv = PruneHeads(((layer, head),), "correct")
     pruned = _seen(model, adapter, iv, ids, proj, "in")
     lo, hi = head * HD, (head + 1) * HD
     assert base[..., lo:hi].abs().max() > 0
@@ -146,9 +147,9 @@ def test_prune_documented_zeroes_an_output_slice() -> None:
     ids, layer, head = _ids(), 1, 2
     attn_mod = adapter.block_module(model, layer, adapter.attn_out)
     proj = adapter.block_module(model, layer, adapter.out_proj)
-    iv = Intervention(kind="prune_heads", heads=((layer, head),), method="documented")
-    base_out = _seen(model, adapter, Intervention(kind="none"), ids, attn_mod, "out")
-    base_in = _seen(model, adapter, Intervention(kind="none"), ids, proj, "in")
+    iv = PruneHeads(((layer, head),), "documented")
+    base_out = _seen(model, adapter, NONE, ids, attn_mod, "out")
+    base_in = _seen(model, adapter, NONE, ids, proj, "in")
     out = _seen(model, adapter, iv, ids, attn_mod, "out")
     lo, hi = head * HD, (head + 1) * HD
     assert (out[..., lo:hi] == 0).all() and base_out[..., lo:hi].abs().max() > 0
@@ -163,8 +164,8 @@ def test_prune_methods_give_different_logits() -> None:
     ids = _ids()
     base = _out(model, ids)
     heads = ((0, 1), (1, 3))
-    correct = _run(model, adapter, Intervention(kind="prune_heads", heads=heads, method="correct"), ids)
-    documented = _run(model, adapter, Intervention(kind="prune_heads", heads=heads, method="documented"), ids)
+    correct = _run(model, adapter, PruneHeads(heads, "correct"), ids)
+    documented = _run(model, adapter, PruneHeads(heads, "documented"), ids)
     assert not torch.allclose(correct, base, atol=1e-4)
     assert not torch.allclose(documented, base, atol=1e-4)
     assert not torch.allclose(correct, documented, atol=1e-4)
@@ -174,8 +175,8 @@ def test_prune_several_heads_in_one_layer() -> None:
     model = tiny_model("gpt_neox")
     adapter = adapter_for(model.config)
     proj = adapter.block_module(model, 0, adapter.out_proj)
-    base = _seen(model, adapter, Intervention(kind="none"), _ids(), proj, "in")
-    pruned = _seen(model, adapter, Intervention(kind="prune_heads", heads=((0, 0), (0, 3))), _ids(), proj, "in")
+    base = _seen(model, adapter, NONE, _ids(), proj, "in")
+    pruned = _seen(model, adapter, PruneHeads(((0, 0), (0, 3))), _ids(), proj, "in")
     assert (pruned[..., 0:HD] == 0).all() and (pruned[..., 3 * HD:4 * HD] == 0).all()
     assert torch.equal(pruned[..., HD:3 * HD], base[..., HD:3 * HD])
 
@@ -187,11 +188,11 @@ def test_prune_query_head_with_gqa() -> None:
     assert adapter.n_kv_heads(model.config) < adapter.n_heads(model.config)
     ids = _ids()
     proj = adapter.block_module(model, 1, adapter.out_proj)
-    base = _seen(model, adapter, Intervention(kind="none"), ids, proj, "in")
+    base = _seen(model, adapter, NONE, ids, proj, "in")
     assert base.shape[-1] == 4 * HD
     outs = {}
     for head in (2, 3):  # both read KV head 1
-        iv = Intervention(kind="prune_heads", heads=((1, head),))
+        iv = PruneHeads(((1, head),))
         pruned = _seen(model, adapter, iv, ids, proj, "in")
         keep = torch.ones(4 * HD, dtype=torch.bool)
         keep[head * HD:(head + 1) * HD] = False
@@ -207,8 +208,8 @@ def test_set_activations_writes_block_output(arch_model) -> None:
     ids = _ids()
     layer, token, feature, value = 0, 3, 5, 123.5
     block = adapter.block_module(model, layer)
-    base = _seen(model, adapter, Intervention(kind="none"), ids, block, "out")
-    iv = Intervention(kind="set_activations", entries=((layer, token, feature, value),))
+    base = _seen(model, adapter, NONE, ids, block, "out")
+    iv = SetActivations(((layer, token, feature, value),))
     out = _seen(model, adapter, iv, ids, block, "out")
     assert (out[:, token, feature] == value).all()
     changed = torch.zeros_like(out, dtype=torch.bool)
@@ -220,7 +221,7 @@ def test_set_activations_writes_block_output(arch_model) -> None:
 def test_set_activations_several_layers() -> None:
     model = tiny_model("llama")
     adapter = adapter_for(model.config)
-    iv = Intervention(kind="set_activations", entries=((0, 1, 2, -7.0), (1, 4, 9, 300.0), (1, 0, 0, 1.0)))
+    iv = SetActivations(((0, 1, 2, -7.0), (1, 4, 9, 300.0), (1, 0, 0, 1.0)))
     ids = _ids()
     b0 = _seen(model, adapter, iv, ids, adapter.block_module(model, 0), "out")
     b1 = _seen(model, adapter, iv, ids, adapter.block_module(model, 1), "out")
@@ -230,26 +231,26 @@ def test_set_activations_several_layers() -> None:
 
 def test_keys_distinguish_interventions() -> None:
     ivs = [
-        Intervention(kind="none"),
-        Intervention(kind="zero_attention"),
-        Intervention(kind="zero_mlp"),
-        Intervention(kind="prune_heads", heads=((0, 1),), method="correct"),
-        Intervention(kind="prune_heads", heads=((0, 1),), method="documented"),
-        Intervention(kind="prune_heads", heads=((0, 2),)),
-        Intervention(kind="set_activations", entries=((0, 1, 2, 3.0),)),
-        Intervention(kind="set_activations", entries=((0, 1, 2, 4.0),)),
+        NONE,
+        ZeroAttention(),
+        ZeroMLP(),
+        PruneHeads(((0, 1),), "correct"),
+        PruneHeads(((0, 1),), "documented"),
+        PruneHeads(((0, 2),)),
+        SetActivations(((0, 1, 2, 3.0),)),
+        SetActivations(((0, 1, 2, 4.0),)),
     ]
     assert len({iv.key for iv in ivs}) == len(ivs)
-    assert hash(Intervention(kind="zero_mlp")) == hash(Intervention(kind="zero_mlp"))  # usable as a cache key
+    assert hash(ZeroMLP()) == hash(ZeroMLP())  # usable as a cache key
 
 
 ALL_KINDS = [
-    Intervention(kind="none"),
-    Intervention(kind="zero_attention"),
-    Intervention(kind="zero_mlp"),
-    Intervention(kind="prune_heads", heads=((0, 1), (1, 0)), method="correct"),
-    Intervention(kind="prune_heads", heads=((0, 1), (1, 0)), method="documented"),
-    Intervention(kind="set_activations", entries=((0, 1, 2, 50.0), (1, 0, 0, 1.0))),
+    NONE,
+    ZeroAttention(),
+    ZeroMLP(),
+    PruneHeads(((0, 1), (1, 0)), "correct"),
+    PruneHeads(((0, 1), (1, 0)), "documented"),
+    SetActivations(((0, 1, 2, 50.0), (1, 0, 0, 1.0))),
 ]
 
 
@@ -258,7 +259,7 @@ def test_no_hooks_remain(arch_model, iv: Intervention) -> None:
     _, model, adapter = arch_model
     assert _n_hooks(model) == 0
     with iv.applied(model, adapter):
-        assert _n_hooks(model) > 0 or iv.kind == "none"
+        assert _n_hooks(model) > 0 or iv == NONE
         _out(model, _ids())
     assert _n_hooks(model) == 0
     with pytest.raises(RuntimeError, match="boom"):
@@ -271,14 +272,11 @@ def test_no_hooks_remain(arch_model, iv: Intervention) -> None:
     assert _n_hooks(model) == 0
 
 
-@pytest.mark.parametrize("iv", [Intervention(kind="zero_everything"),
-                                Intervention(kind="prune_heads", heads=((0, 1),), method="nearby")],
-                         ids=["kind", "method"])
-def test_bad_kind_or_method_raises_without_hooks(iv: Intervention) -> None:
+def test_bad_method_raises_without_hooks() -> None:
     model = tiny_model("gpt2")
     adapter = adapter_for(model.config)
-    with pytest.raises(ValueError):
-        with iv.applied(model, adapter):
+    with pytest.raises(ValueError, match="prune method"):
+        with PruneHeads(((0, 1),), "nearby").applied(model, adapter):
             pass
     assert _n_hooks(model) == 0
 
@@ -287,7 +285,7 @@ def test_prune_out_of_range_head_is_rejected() -> None:
     model = tiny_model("gpt2")
     adapter = adapter_for(model.config)
     with pytest.raises((ValueError, MassactError), match="head"):
-        with Intervention(kind="prune_heads", heads=((0, 7),)).applied(model, adapter):
+        with PruneHeads(((0, 7),)).applied(model, adapter):
             _out(model, _ids())
 
 
@@ -316,7 +314,7 @@ def _block0_token_max(model, adapter, iv: Intervention, ids, *, capture_outside:
     return collect(red)["block.0"]["token_max"]
 
 
-SET = Intervention(kind="set_activations", entries=((0, 2, 5, 500.0),))
+SET = SetActivations(((0, 2, 5, 500.0),))
 
 
 def test_capture_inside_intervention_sees_set_value() -> None:
@@ -332,7 +330,7 @@ def test_capture_inside_intervention_sees_set_value() -> None:
 
 @pytest.mark.parametrize("arch, iv, point, check", [
     ("gpt2", SET, "block.0", lambda r: (r.stat("block.0", "token_max")[:, 2] == 500.0).all()),
-    ("bert", Intervention(kind="zero_mlp"), "mlp.0.output", lambda r: (r.stat("mlp.0.output", "top_abs") == 0).all()),
+    ("bert", ZeroMLP(), "mlp.0.output", lambda r: (r.stat("mlp.0.output", "top_abs") == 0).all()),
 ], ids=["gpt2-set_activations", "bert-zero_mlp"])
 def test_engine_records_what_the_intervention_left(arch: str, iv: Intervention, point: str,
                                                    check: Callable[[PassResult], torch.Tensor]) -> None:
@@ -342,5 +340,5 @@ def test_engine_records_what_the_intervention_left(arch: str, iv: Intervention, 
                      adapter=adapter, dtype="float32", device="cpu")
     text = "the quick brown fox jumps over the lazy dog " * 4
     corpus = Corpus(CorpusSettings(seqlen=16), "chars", text, "0" * 64)
-    result = Engine(batch_size=2).run(lm, corpus, iv, n=2)
+    result = Engine(batch_size=2).run(lm, corpus, want(point, "token_max", "top_abs").under(iv), n=2)
     assert point in result.points and check(result)

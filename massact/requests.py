@@ -1,0 +1,159 @@
+"""What a check asks of the engine: a pass is a hashable Request.
+
+A request names the statistics it wants at which points, the input it runs on, the run mode
+and the intervention. Point names may use ``*`` for "every": ``block.*`` (every block output),
+``mlp.*.pre_act``, ``mlp.11.*`` (every checkpoint of one MLP), ``attn.*`` (attention
+probabilities, which need eager attention), and ``output`` (the next-token loss). Requests that
+differ only in their statistics are one pass: the engine merges them and serves a request from
+any pass that computed a superset of what it asks for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+import torch
+
+from massact.corpus import Corpus, bos_id, first, samples
+from massact.errors import CorpusError
+from massact.interventions import NONE, Intervention
+from massact.models import LoadedModel
+
+LOSS_POINT = "output"  # pseudo-point: statistic "loss" is the mean next-token NLL per sample
+
+
+class Source(Protocol):
+    """Where a pass's token ids come from; frozen, so it can key caches."""
+
+    def key(self, corpus: Corpus) -> str: ...
+
+    def tokens(self, lm: LoadedModel, corpus: Corpus) -> torch.Tensor:
+        """Every sample this source gives, (N, T); a claim reads a prefix of them."""
+
+    def take(self, ids: torch.Tensor, n: int, corpus: Corpus) -> torch.Tensor:
+        """The first n of ``ids``; a CorpusError saying what to change when there are fewer."""
+
+
+@dataclass(frozen=True)
+class Text:
+    """The session's corpus (--corpus, --seqlen, --seed, --bos), in its seeded sample order."""
+
+    def key(self, corpus: Corpus) -> str:
+        return corpus.key
+
+    def tokens(self, lm, corpus):
+        return samples(corpus, lm.tokenizer, context=lm.context)
+
+    def take(self, ids, n, corpus):
+        return first(ids, n, corpus)
+
+
+class _Generated:
+    def take(self, ids, n, corpus):
+        if n > len(ids):
+            raise CorpusError(f"{self.key(corpus)} gives {len(ids)} samples, fewer than the {n} asked for")
+        return ids[:n]
+
+
+@dataclass(frozen=True)
+class Prompt(_Generated):
+    """One sample: ``text`` tokenized as the corpus is (no special tokens; BOS when --bos)."""
+
+    text: str
+
+    def key(self, corpus: Corpus) -> str:
+        return f"prompt:{self.text!r}:bos{int(corpus.settings.bos)}"
+
+    def tokens(self, lm, corpus):
+        if lm.tokenizer is None:
+            raise CorpusError(f"{lm.name} has no tokenizer: the prompt {self.text!r} cannot be tokenized")
+        ids = lm.tokenizer(self.text, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, T)
+        if corpus.settings.bos:
+            ids = torch.cat([torch.tensor([[bos_id(lm.tokenizer)]]), ids], dim=1)
+        return ids
+
+
+@dataclass(frozen=True)
+class RepeatedRandom(_Generated):
+    """``samples`` sequences of ``length`` uniform random token ids, each repeated ``repeats`` times:
+    no text at all, so what a head does on it is positional or copying."""
+
+    length: int
+    repeats: int = 2
+    samples: int = 50
+    seed: int = 0
+
+    def key(self, corpus: Corpus) -> str:
+        return f"random:{self.length}x{self.repeats}:n{self.samples}:seed{self.seed}"
+
+    def tokens(self, lm, corpus):
+        if self.length * self.repeats > lm.context:
+            raise CorpusError(f"{self.length} random tokens x {self.repeats} exceed {lm.name}'s context of "
+                              f"{lm.context}")
+        g = torch.Generator().manual_seed(self.seed)
+        vocab = int(lm.config.vocab_size)
+        return torch.randint(0, vocab, (self.samples, self.length), generator=g).repeat(1, self.repeats)
+
+
+TEXT = Text()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One pass: statistics (point pattern, statistic name) over ``source``, run by ``mode``, under
+    ``intervention``. The sample count is not part of it: claims read prefixes of one order."""
+
+    stats: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    source: Source = TEXT
+    mode: str = "forward"
+    intervention: Intervention = NONE
+
+    @property
+    def eager(self) -> bool:
+        """Attention probabilities are asked for: the pass runs eager attention, which also
+        changes the float rounding of everything else, so it is a pass of its own."""
+        return any(point.startswith("attn.") for point, _ in self.stats)
+
+    def same_pass(self, corpus: Corpus) -> tuple:
+        """What a pass is, apart from its statistics: requests with equal ``same_pass`` merge."""
+        return self.source.key(corpus), self.mode, self.intervention.key, self.eager
+
+    def __or__(self, other: Request) -> Request:
+        """The union of two requests' statistics; both must be the same pass."""
+        if (self.source, self.mode, self.intervention.key, self.eager) != \
+                (other.source, other.mode, other.intervention.key, other.eager):
+            raise ValueError(f"cannot merge passes {self.describe()} and {other.describe()}")
+        return replace(self, stats=self.stats | other.stats)
+
+    def under(self, intervention: Intervention) -> Request:
+        return replace(self, intervention=intervention)
+
+    def on(self, source: Source) -> Request:
+        return replace(self, source=source)
+
+    def describe(self) -> str:
+        src = "" if self.source == TEXT else f" on {type(self.source).__name__}"
+        return (f"{self.intervention.key}{src}" + (" +attention" if self.eager else "")
+                + ("" if self.mode == "forward" else f" [{self.mode}]"))
+
+
+def want(point: str, *stats: str) -> Request:
+    """A request for ``stats`` at the points matching ``point``, on the corpus, no intervention."""
+    return Request(stats=frozenset((point, s) for s in stats))
+
+
+def expand(stats: frozenset[tuple[str, str]], names: list[str]) -> dict[str, frozenset[str]]:
+    """Point patterns resolved against a model's point ``names``: point -> statistics.
+
+    A pattern that matches no point is an error: a check asking for a point the model does not
+    have is a bug, not an empty result.
+    """
+    out: dict[str, set[str]] = {}
+    for pattern, stat in stats:
+        hits = [n for n in names if fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(f"no capture point matches {pattern!r}")
+        for n in hits:
+            out.setdefault(n, set()).add(stat)
+    return {k: frozenset(v) for k, v in out.items()}

@@ -1,0 +1,68 @@
+"""The teacher-forced pass: batches of whole samples through the model, hooks reducing as they go."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+
+from massact.capture import all_points, capture, collect, reducers_for
+from massact.interventions import Intervention
+from massact.models import LoadedModel
+from massact.requests import LOSS_POINT
+
+
+def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention: Intervention, *,
+                eager: bool, batch_size: int, progress: Callable[[str], None]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-sample statistics ``wants`` (point -> statistic names) of ``ids`` (N, T) under ``intervention``.
+
+    The output head runs only when the loss is asked for: nothing else reads the logits.
+    """
+    points = all_points(lm.adapter, lm.n_layers)
+    hooked = [points[name] for name in wants if name != LOSS_POINT]
+    loss = "loss" in wants.get(LOSS_POINT, ()) and lm.adapter.is_decoder
+    model = lm.model if loss else lm.model.base_model
+    mask = torch.ones_like(ids)  # samples are whole chunks: no padding
+    mask_ref: dict[str, torch.Tensor] = {}
+    losses = []
+    start = time.perf_counter()
+    # the intervention's hooks first: hooks on one module run in registration order, and a
+    # point on an intervened module must record what the intervention left there
+    with torch.no_grad(), intervention.applied(lm.model, lm.adapter), eager_attention(lm.model, eager):
+        with capture(lm.model, lm.adapter, hooked, mask_ref=mask_ref,
+                     make_reducers=lambda p: reducers_for(wants[p.name])) as reducers:
+            for i in range(0, len(ids), batch_size):
+                b_ids, b_mask = ids[i:i + batch_size].to(lm.device), mask[i:i + batch_size].to(lm.device)
+                mask_ref["mask"] = b_mask
+                out = model(input_ids=b_ids, attention_mask=b_mask)
+                if loss:
+                    losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
+                done = min(i + batch_size, len(ids))
+                progress(f"{done}/{len(ids)} samples, {done * ids.shape[1] / (time.perf_counter() - start):.0f} tok/s")
+    got = {k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()}
+    if loss:
+        got[LOSS_POINT] = {"loss": torch.cat(losses)}
+    return got
+
+
+@contextmanager
+def eager_attention(model, on: bool):
+    """Eager attention for the block (SDPA gives no probabilities); the previous one after."""
+    if not on:
+        yield
+        return
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood per sample; logits (B, T, V), ids/mask (B, T)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
+    m = mask[:, 1:].float()
+    return ((nll * m).sum(1) / m.sum(1).clamp(min=1)).double()

@@ -1,0 +1,122 @@
+"""The engine: requests merge into few passes, a pass serves any request it covers, and the
+numbers do not depend on how the passes were cut."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from builders import tiny_model
+from massact.arch import adapter_for
+from massact.corpus import CorpusSettings, load_corpus
+from massact.engine import Engine
+from massact.errors import CorpusError
+from massact.interventions import ZeroMLP
+from massact.models import LoadedModel
+from massact.requests import LOSS_POINT, TEXT, Prompt, RepeatedRandom, Request, want
+
+N, T = 6, 16
+PROFILE = want("block.*", "top_abs", "median")
+TOKENS = want("block.*", "token_max")
+
+
+class _Chars:
+    """One id per character, inside the tiny models' vocabulary of 100."""
+
+    bos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False, return_tensors=None):
+        ids = [ord(c) % 100 for c in text]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+
+@pytest.fixture
+def setup():
+    model = tiny_model("llama")
+    lm = LoadedModel(spec="tiny", name="tiny", model=model, tokenizer=_Chars(), adapter=adapter_for(model.config),
+                     dtype="float32", device="cpu")
+    corpus = load_corpus(CorpusSettings(seqlen=T))
+    engine = Engine(batch_size=4)
+    engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T), generator=torch.Generator().manual_seed(0))
+    return lm, corpus, engine
+
+
+def test_requests_with_different_statistics_planned_together_share_one_pass(setup) -> None:
+    lm, corpus, engine = setup
+    engine.plan(lm, corpus, [(PROFILE, 4), (TOKENS, 6)])
+    a = engine.run(lm, corpus, PROFILE, n=4)
+    b = engine.run(lm, corpus, TOKENS, n=6)
+    assert engine.n_passes == 1 and engine.samples_run == 6
+    assert a.n == 4 and b.n == 6
+    assert "token_max" in b.points["block.0"] and "median" in b.points["block.0"]
+
+
+def test_a_pass_serves_any_request_it_covers_and_no_other(setup) -> None:
+    lm, corpus, engine = setup
+    engine.run(lm, corpus, PROFILE | TOKENS, n=N)
+    engine.run(lm, corpus, want("block.1", "median"), n=3)
+    assert engine.n_passes == 1
+    engine.run(lm, corpus, want("block.1", "feature_max"), n=3)  # a statistic no pass has
+    engine.run(lm, corpus, PROFILE.under(ZeroMLP()), n=3)  # another intervention
+    engine.run(lm, corpus, want("attn.*", "first_excl"), n=3)  # eager attention
+    assert engine.n_passes == 4
+
+
+def test_only_the_passes_that_ask_for_a_statistic_compute_it(setup) -> None:
+    lm, corpus, engine = setup
+    profile = engine.run(lm, corpus, PROFILE, n=N)
+    assert set(profile.points["block.0"]) == {"top_abs", "top_value", "top_token", "top_feature", "median"}
+    assert "mlp.0.pre_act" not in profile.points and LOSS_POINT not in profile.points
+    assert profile.loss is None
+
+
+def test_more_samples_run_only_the_missing_ones_with_identical_numbers(setup) -> None:
+    lm, corpus, engine = setup
+    first = engine.run(lm, corpus, PROFILE, n=2)
+    more = engine.run(lm, corpus, PROFILE, n=N)
+    assert engine.n_passes == 2 and engine.samples_run == N
+    whole = Engine(batch_size=3)
+    whole.inputs = engine.inputs
+    once = whole.run(lm, corpus, PROFILE, n=N)
+    for l in range(2):
+        assert torch.equal(more.stat(f"block.{l}", "top_abs"), once.stat(f"block.{l}", "top_abs"))
+        assert torch.equal(first.stat(f"block.{l}", "median"), once.stat(f"block.{l}", "median")[:2])
+
+
+def test_the_output_head_runs_only_for_the_loss_and_changes_no_activation(setup) -> None:
+    lm, corpus, engine = setup
+    loss = engine.run(lm, corpus, PROFILE | want(LOSS_POINT, "loss"), n=N)
+    plain = Engine(batch_size=4)
+    plain.inputs = engine.inputs
+    without = plain.run(lm, corpus, PROFILE, n=N)
+    assert loss.loss.shape == (N,) and torch.isfinite(loss.loss).all()
+    assert torch.equal(loss.stat("block.1", "top_abs"), without.stat("block.1", "top_abs"))
+
+
+def test_a_point_the_model_lacks_is_an_error_and_is_left_out_of_plans(setup) -> None:
+    lm, corpus, engine = setup
+    with pytest.raises(ValueError, match="mlp.9"):
+        engine.run(lm, corpus, want("mlp.9.input", "full"), n=2)
+    engine.plan(lm, corpus, [(want("mlp.9.input", "full"), 2), (PROFILE, 2)])
+    engine.run(lm, corpus, PROFILE, n=2)  # the plan's other request still runs
+    assert engine.n_passes == 1
+
+
+def test_generated_sources(setup) -> None:
+    lm, corpus, engine = setup
+    r = engine.run(lm, corpus, want("block.0", "full").on(Prompt("abc")), n=1)
+    assert r.input_ids.tolist() == [[97, 98, 99]] and r.stat("block.0", "full").shape == (1, 3, 32)
+    rnd = engine.run(lm, corpus, want("block.0", "top_abs").on(RepeatedRandom(8, repeats=2, samples=3)), n=3)
+    ids = rnd.input_ids
+    assert ids.shape == (3, 16) and torch.equal(ids[:, :8], ids[:, 8:])
+    with pytest.raises(CorpusError, match="fewer than the 4 asked for"):
+        engine.run(lm, corpus, want("block.0", "top_abs").on(RepeatedRandom(8, repeats=2, samples=3)), n=4)
+
+
+def test_requests_are_hashable_and_merge_only_within_one_pass() -> None:
+    assert hash(PROFILE | TOKENS) == hash(TOKENS | PROFILE)
+    assert (PROFILE | TOKENS).stats == PROFILE.stats | TOKENS.stats
+    with pytest.raises(ValueError, match="cannot merge"):
+        PROFILE | PROFILE.under(ZeroMLP())
+    with pytest.raises(ValueError, match="cannot merge"):
+        PROFILE | want("attn.*", "entropy")
+    assert Request().describe() == "none"
