@@ -1,8 +1,9 @@
-"""Claim records (data files under claims/), their validation, and judge() -> Verdict.
+"""Claim records (data files under claims/), their validation, and judge() -> Entry.
 
 A record is one TOML table ``[[claim]]``. Its ``check`` names a measurement in
-``massact.checks``; the general form decides from the check's own comparison, the
-documented-value form compares named measured values with the document's numbers.
+``massact.checks``, whose typed params the record's ``params`` must fit; the general form
+decides from the check's own comparison, the documented-value form compares named measured
+values with the document's numbers.
 """
 from __future__ import annotations
 
@@ -14,18 +15,26 @@ from pathlib import Path
 
 import torch
 
-from massact.checks import CHECKS, ClaimInvalid, Context, Measurement
+from massact.checks import CHECKS, ClaimInvalid, Context
+from massact.checks.base import Measurement, Outcome, Params
 from massact.errors import ClaimRecordError
+from massact.report.results import Entry
 
 # holds / refuted: the bootstrap interval lies on one side of the threshold; inconclusive: it
 # straddles it; non-specific: holds, but so does a control that should not; invalid: cannot be
 # evaluated as written on this model
 VERDICTS = ("holds", "refuted", "inconclusive", "non-specific", "invalid")
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-FIELDS = {"id", "variant", "version", "source", "statement", "check", "params", "threshold", "documented",
-          "documented_on", "documented_values", "tolerance", "controls", "expect", "nsamples"}
 RESAMPLES = 200  # bootstrap resamples over samples
 CONFIDENCE = 0.95
+# field -> (types it may have, required)
+FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": ((str,), True), "variant": ((str,), False), "version": ((int,), True), "source": ((str,), True),
+    "statement": ((str,), True), "check": ((str,), True), "params": ((dict,), False), "threshold": ((str,), True),
+    "documented": ((str,), True), "documented_on": ((str,), False), "documented_values": ((dict,), False),
+    "tolerance": ((dict,), False), "controls": ((list,), False), "expect": ((dict,), False),
+    "nsamples": ((int,), False),
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Claim:
     source: str
     statement: str
     check: str
-    params: dict
+    params: Params
     threshold: str
     documented: str
     controls: tuple[str, ...]
@@ -60,6 +69,12 @@ class Claim:
     def needs_model(self) -> bool:
         return CHECKS[self.check].needs_model
 
+    def entry(self, **measured) -> Entry:
+        """This claim's result entry: what the record says, and ``measured``."""
+        return Entry(claim=self.id, variant=self.variant, version=self.version, source=self.source,
+                     statement=self.statement, threshold=self.threshold, documented=self.documented,
+                     documented_on=self.documented_on, params=self.params.to_dict(), **measured)
+
 
 @dataclass(frozen=True)
 class BadRecord:
@@ -69,38 +84,22 @@ class BadRecord:
     error: str
 
 
-@dataclass
-class Verdict:
-    claim: str
-    variant: str
-    version: int
-    model: str | None
-    source: str
-    statement: str
-    verdict: str
-    summary: str  # the measured value(s), in one line
-    threshold: str
-    documented: str
-    reason: str = ""
-    primary: str | None = None  # the value the threshold applies to
-    values: dict = field(default_factory=dict)
-    intervals: dict = field(default_factory=dict)  # value name -> [low, high], 95% bootstrap
-    bootstrap: dict = field(default_factory=dict)  # samples, resamples, share of resamples holding
-    controls: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-
-
 def load_records(path: Path) -> list[Claim | BadRecord]:
     """Every record of one claims file; malformed ones become BadRecord, never an exception."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         return [BadRecord(f"{path.name}", f"{path}: not valid TOML: {e}")]
     out: list[Claim | BadRecord] = []
+    seen: set[str] = set()
     for i, raw in enumerate(data.get("claim", [])):
         label = f"{raw.get('id', f'record{i}')}/{raw.get('variant', 'general')}"
         try:
-            out.append(validate(raw))
+            claim = validate(raw)
+            if claim.key in seen:
+                raise ClaimRecordError(f"fields 'id' and 'variant': {claim.key} is defined twice in this file")
+            seen.add(claim.key)
+            out.append(claim)
         except ClaimRecordError as e:
             out.append(BadRecord(label, f"{path.name} record {i} ({label}): {e}"))
     return out
@@ -108,45 +107,50 @@ def load_records(path: Path) -> list[Claim | BadRecord]:
 
 def validate(raw: dict) -> Claim:
     """A Claim from a raw table; ClaimRecordError names the offending field."""
-    unknown = set(raw) - FIELDS
+    unknown = set(raw) - set(FIELDS)
     if unknown:
         raise ClaimRecordError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(FIELDS)}")
-    for name in ("id", "version", "source", "statement", "check", "threshold", "documented"):
+    for name, (types, required) in FIELDS.items():
         if name not in raw:
-            raise ClaimRecordError(f"missing required field '{name}'")
-    if not isinstance(raw["id"], str) or not ID_RE.match(raw["id"]):
+            if required:
+                raise ClaimRecordError(f"missing required field '{name}'")
+            continue
+        if not isinstance(raw[name], types) or isinstance(raw[name], bool):
+            want = " or ".join(t.__name__ for t in types)
+            raise ClaimRecordError(f"field '{name}' must be a {want}, not {raw[name]!r}")
+    if not ID_RE.match(raw["id"]):
         raise ClaimRecordError(f"field 'id' must look like family.snake_name, not {raw['id']!r}")
-    if not isinstance(raw["version"], int) or raw["version"] < 1:
+    if raw["version"] < 1:
         raise ClaimRecordError(f"field 'version' must be a positive integer, not {raw['version']!r}")
     if raw["check"] not in CHECKS:
         raise ClaimRecordError(f"field 'check': {raw['check']!r} is not a known check; known: {sorted(CHECKS)}")
     check = CHECKS[raw["check"]]
-    params = raw.get("params", {})
-    if not isinstance(params, dict):
-        raise ClaimRecordError("field 'params' must be a table")
-    missing = [p for p in check.params if p not in params]
-    if missing:
-        raise ClaimRecordError(f"field 'params' lacks {missing} needed by check {raw['check']!r}")
+    params = check.params.parse(raw.get("params", {}))
     values = raw.get("documented_values", {})
     if check.documented_only and not values:
         raise ClaimRecordError(f"field 'documented_values' is required: check {raw['check']!r} only gives values")
     if values and not raw.get("documented_on"):
         raise ClaimRecordError("field 'documented_on' is required with 'documented_values'")
-    if not all(isinstance(v, (int, float)) for v in values.values()):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
         raise ClaimRecordError("field 'documented_values' must map names to numbers")
-    if not isinstance(raw.get("nsamples", 10), int) or raw.get("nsamples", 10) < 1:
+    if raw.get("nsamples", 10) < 1:
         raise ClaimRecordError(f"field 'nsamples' must be a positive integer, not {raw.get('nsamples')!r}")
     tol = raw.get("tolerance", {})
     if values and (set(tol) not in ({"rel"}, {"abs"}) or not all(isinstance(v, (int, float)) for v in tol.values())):
         raise ClaimRecordError("field 'tolerance' must be {rel = x} or {abs = x} when documented_values are given")
+    if not all(isinstance(c, str) for c in raw.get("controls", [])):
+        raise ClaimRecordError("field 'controls' must be a list of strings")
     expect = {}
     for model, e in raw.get("expect", {}).items():
         e = {"verdict": e} if isinstance(e, str) else e
-        if e.get("verdict") not in VERDICTS:
-            raise ClaimRecordError(f"field 'expect.{model}.verdict' must be one of {VERDICTS}, not {e.get('verdict')!r}")
-        if e["verdict"] != "holds" and not e.get("reason"):
-            raise ClaimRecordError(f"field 'expect.{model}.reason' is required when the expected verdict is not holds")
-        expect[model] = Expectation(e["verdict"], e.get("reason", ""))
+        if not isinstance(e, dict) or e.get("verdict") not in VERDICTS:
+            got = e.get("verdict") if isinstance(e, dict) else e
+            raise ClaimRecordError(f"field 'expect.{model}.verdict' must be one of {VERDICTS}, not {got!r}")
+        reason = e.get("reason", "")
+        if not isinstance(reason, str) or (e["verdict"] != "holds" and not reason):
+            raise ClaimRecordError(f"field 'expect.{model}.reason' must be a string, required when the expected "
+                                   "verdict is not holds")
+        expect[model] = Expectation(e["verdict"], reason)
     return Claim(id=raw["id"], variant=raw.get("variant", "general"), version=raw["version"], source=raw["source"],
                  statement=raw["statement"], check=raw["check"], params=params, threshold=raw["threshold"],
                  documented=raw["documented"], controls=tuple(raw.get("controls", ())),
@@ -154,76 +158,79 @@ def validate(raw: dict) -> Claim:
                  documented_on=raw.get("documented_on"), documented_values=values, tolerance=tol, expect=expect)
 
 
-def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed: int = 0) -> Verdict:
+def measure(claim: Claim, ctx: Context | None) -> Measurement:
+    """Run the claim's check once (ClaimInvalid when it cannot be measured on this model)."""
+    return CHECKS[claim.check].fn(ctx, claim.params)
+
+
+def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed: int = 0) -> Entry:
     """Measure ``claim`` in ``ctx`` (None for checks of a document's own numbers) and decide.
 
-    Checks that read per-sample passes are re-run on ``resamples`` bootstrap resamples of the
-    samples: the verdict is holds (refuted) only when at least 97.5% of them hold (fail).
+    The measurement's ``decide`` is evaluated on all samples, then on ``resamples`` bootstrap
+    resamples of them: the verdict is holds (refuted) only when at least 97.5% of them hold (fail).
     """
-    check = CHECKS[claim.check]
-    base = dict(claim=claim.id, variant=claim.variant, version=claim.version, model=ctx.lm.name if ctx else None,
-                source=claim.source, statement=claim.statement, threshold=claim.threshold, documented=claim.documented)
     try:
-        m: Measurement = check.fn(ctx, claim.params)
+        m = measure(claim, ctx)
+        o = m.decide(None)
     except ClaimInvalid as e:
-        return Verdict(verdict="invalid", summary=f"not measurable: {e}", reason=str(e), **base)
-    missing = [k for k in claim.documented_values if k not in m.values]
+        return claim.entry(verdict="invalid", summary=f"not measurable: {e}", reason=str(e))
+    missing = [k for k in claim.documented_values if k not in o.values]
     if missing:
         reason = f"the check gives no value {missing}"
-        return Verdict(verdict="invalid", summary=f"not measurable: {reason}", reason=reason, values=m.values, **base)
+        return claim.entry(verdict="invalid", summary=f"not measurable: {reason}", reason=reason, values=o.values)
 
-    def decide(mm: Measurement) -> bool:
-        return all(_within(mm.values.get(k, math.nan), v, claim.tolerance) for k, v in claim.documented_values.items()) \
-            if claim.documented_values else mm.holds
+    def holds(out: Outcome) -> bool:
+        if claim.documented_values:
+            return all(_within(out.values.get(k, math.nan), v, claim.tolerance)
+                       for k, v in claim.documented_values.items())
+        return out.holds
 
-    point = decide(m)
+    point = holds(o)
     intervals, boot = {}, {}
     verdict = "holds" if point else "refuted"
-    if check.resamplable and ctx is not None and resamples > 0 and ctx.n > 1:
-        share, intervals = _bootstrap(claim, ctx, decide, resamples=resamples, seed=seed)
-        boot = {"samples": ctx.n, "resamples": resamples, "share_holding": share, "confidence": CONFIDENCE}
+    if m.n > 1 and resamples > 0:
+        share, intervals = _bootstrap(m, holds, resamples=resamples, seed=seed)
+        boot = {"samples": m.n, "resamples": resamples, "share_holding": share, "confidence": CONFIDENCE}
         tail = (1 - CONFIDENCE) / 2
         if (point and share < 1 - tail) or (not point and share > tail):
             verdict = "inconclusive"
-    also = [name for name, same in m.controls.items() if same]
-    reason = m.reason
+    also = [name for name, same in o.controls.items() if same]
+    reason = o.reason
     if verdict == "holds" and also:
         verdict, reason = "non-specific", f"the control(s) {also} also satisfy the claim"
     if claim.documented_values:
-        summary = "; ".join(f"{k}={m.values[k]:.4g} (doc {v:g})" for k, v in claim.documented_values.items())
+        summary = "; ".join(f"{k}={o.values[k]:.4g} (doc {v:g})" for k, v in claim.documented_values.items())
         if not point:
             tol = ", ".join(f"{k} {v}" for k, v in claim.tolerance.items())
-            off = [k for k, v in claim.documented_values.items() if not _within(m.values[k], v, claim.tolerance)]
+            off = [k for k, v in claim.documented_values.items() if not _within(o.values[k], v, claim.tolerance)]
             reason = f"outside tolerance ({tol}): {', '.join(off)}"
     else:
-        summary = m.summary
+        summary = o.summary
     if boot:
         summary += f" [{boot['share_holding']:.0%} of {resamples} resamples hold]"
     if verdict == "inconclusive":
         reason = (f"the {CONFIDENCE:.0%} bootstrap interval straddles the threshold: {boot['share_holding']:.0%} of "
-                  f"{resamples} resamples of {ctx.n} samples hold; more samples (--nsamples) may decide it")
-    return Verdict(verdict=verdict, summary=summary, reason=reason, primary=m.primary, values=m.values,
-                   intervals=intervals, bootstrap=boot, controls=m.controls, details=m.details, **base)
+                  f"{resamples} resamples of {m.n} samples hold; more samples (--nsamples) may decide it")
+    return claim.entry(verdict=verdict, summary=summary, reason=reason, primary=o.primary, unit=m.unit,
+                       bound=None if claim.documented_values else m.bound, values=o.values, intervals=intervals,
+                       bootstrap=boot, controls=o.controls, selections=m.selections, details=m.details,
+                       figures=[f.to_dict() for f in m.figures])
 
 
-def _bootstrap(claim: Claim, ctx: Context, decide, *, resamples: int, seed: int) -> tuple[float, dict]:
+def _bootstrap(m: Measurement, holds, *, resamples: int, seed: int) -> tuple[float, dict]:
     """Share of resamples on which the claim holds, and 95% intervals of its numeric values."""
     g = torch.Generator().manual_seed(seed)
     held, seen = 0, {}
-    ctx.engine.frozen = True  # replicates reuse the passes of the full samples, never run new ones
-    try:
-        for _ in range(resamples):
-            idx = torch.randint(ctx.n, (ctx.n,), generator=g)
-            try:
-                mb = CHECKS[claim.check].fn(ctx.resampled(idx), claim.params)
-            except ClaimInvalid:
-                continue  # counts as not holding
-            held += decide(mb)
-            for k, v in mb.values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    seen.setdefault(k, []).append(float(v))
-    finally:
-        ctx.engine.frozen = False
+    for _ in range(resamples):
+        idx = torch.randint(m.n, (m.n,), generator=g)
+        try:
+            out = m.decide(idx)
+        except ClaimInvalid:
+            continue  # counts as not holding
+        held += holds(out)
+        for k, v in out.values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                seen.setdefault(k, []).append(float(v))
     tail = (1 - CONFIDENCE) / 2
     intervals = {k: torch.tensor(v, dtype=torch.float64).quantile(
                      torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()

@@ -87,13 +87,12 @@ def test_top_vs_bottom_heads_runs_every_arm():
 def test_top_vs_bottom_heads_control_is_random_heads_against_the_bottom(monkeypatch, random_impact, verdict):
     """The claim is that the bottom heads matter: random heads that matter as much make it non-specific."""
     ctx = context(sink_model(), "sink")
-    impacts = iter([0.0, 0.2, random_impact, random_impact])  # the arms in order: top, bottom, 2 random draws
-
-    def change(ctx_, base, heads, method):  # stands in for one prune pass per head set
-        return torch.full((ctx_.lm.n_layers,), next(impacts))
-
-    monkeypatch.setattr(ablate, "_prune_change", change)
-    v = judge(record("ablate.top_vs_bottom_heads", "correct_method"), ctx, resamples=0)
+    arms = iter(["top", "bottom", "random 0", "random 1"])  # the prune passes in order
+    impact = {"top": 0.0, "bottom": 0.2, "random 0": random_impact, "random 1": random_impact}
+    # stand-ins for one prune pass per head set, and for the per-layer change it makes
+    monkeypatch.setattr(ablate, "_prune_profile", lambda ctx_, heads, method: next(arms))
+    monkeypatch.setattr(ablate, "_change", lambda ctx_, base, arm, idx: torch.full((ctx_.lm.n_layers,), impact[arm]))
+    v = judge(record("ablate.top_vs_bottom_heads", "correct_method"), ctx, resamples=20)
     assert v.verdict == verdict, v.summary
     assert v.values["impact.bottom"] == pytest.approx(0.2)
 

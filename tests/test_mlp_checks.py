@@ -1,6 +1,7 @@
 """Family M, M3 and M4: the registry's records judged on planted and random models (their controls)."""
 from __future__ import annotations
 
+import tomllib
 from dataclasses import replace
 
 import pytest
@@ -8,9 +9,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from builders import planted_gpt2, tiny_model
-from massact.claims import judge
+from massact.claims import judge, validate
 from massact.errors import ClaimRecordError
-from test_planted import N_LAYER, context, record
+from test_planted import CLAIMS, N_LAYER, context, record
 
 # 256 wide: a row of the narrow default (64, half of it the zeroed position code) puts any 5
 # random entries near 50% of its sum of squares
@@ -59,7 +60,7 @@ def test_checkpoints_invalid_without_massive_activations(arch: str) -> None:
 def test_documented_checkpoints_are_all_measured_on_a_gpt2_architecture(planted_mlp) -> None:
     """Every documented name is a value the check gives, so a gpt2 run compares, never reports 'invalid'."""
     rec = record("mlp.checkpoints", "gpt2")
-    v = judge(replace(rec, params={**rec.params, "layer": PLANT["layer"]}), planted_mlp)
+    v = judge(replace(rec, params=replace(rec.params, layer=PLANT["layer"])), planted_mlp)
     assert set(rec.documented_values) <= set(v.values)
     assert v.verdict == "refuted" and "output.max" in v.reason  # a planted 1000 is not gpt2's 2342
 
@@ -91,8 +92,8 @@ def test_contributors_invalid_without_massive_activations() -> None:
 def test_the_two_methods_read_the_same_row_of_an_out_in_weight() -> None:
     """nn.Linear stores (out, in): the document's indexing happens to be right there."""
     ctx = context(tiny_model("llama"), "tiny-llama")
-    params = dict(layer=0, dim=5, top_k=3, min_share=0.5, min_abs=100.0, min_ratio=1000.0)
-    got = {m: judge(replace(record("mlp.top_contributors", "correct_method"), params={**params, "method": m}), ctx)
+    rec = record("mlp.top_contributors", "correct_method")
+    got = {m: judge(replace(rec, params=replace(rec.params, layer=0, dim=5, top_k=3, method=m)), ctx)
            for m in ("correct", "documented")}
     assert got["correct"].details["top"] == got["documented"].details["top"]
 
@@ -129,7 +130,8 @@ def test_documented_dim_beyond_the_hidden_size_is_invalid() -> None:
     assert v.verdict == "invalid" and "447" in v.reason and "32" in v.reason
 
 
-def test_an_unknown_method_is_a_record_error(planted_mlp) -> None:
-    rec = record("mlp.top_contributors", "correct_method")
-    with pytest.raises(ClaimRecordError, match="params.method"):
-        judge(replace(rec, params={**rec.params, "method": "sideways"}), planted_mlp)
+def test_an_unknown_method_is_a_record_error() -> None:
+    raw = next(r for r in tomllib.loads((CLAIMS / "mlp.toml").read_text())["claim"]
+               if r["id"] == "mlp.top_contributors" and r.get("variant") == "correct_method")
+    with pytest.raises(ClaimRecordError, match="params.method' must be one of 'correct', 'documented'"):
+        validate({**raw, "params": {**raw["params"], "method": "sideways"}})

@@ -134,7 +134,7 @@ def test_without_outliers_five_entries_take_about_their_count_share(seed: int) -
 
 def test_softmax_claim_is_refuted_when_the_outliers_are_ordinary_scores() -> None:
     rec = record("outliers.softmax_amplification")
-    plain = judge(replace(rec, params={**rec.params, "outliers": [2.0] * 5}), None)
+    plain = judge(replace(rec, params=replace(rec.params, outliers=(2.0,) * 5)), None)
     assert plain.verdict == "refuted", plain.summary
     assert plain.values["mass"] == pytest.approx(5 / 1005, rel=0.3)
 

@@ -20,6 +20,7 @@ from massact.claims import Claim, judge, load_records
 from massact.corpus import CorpusSettings, load_corpus
 from massact.engine import Engine
 from massact.models import LoadedModel
+from massact.requests import want
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 N_LAYER, SEQLEN = 4, 16
@@ -60,7 +61,7 @@ def test_finds_the_planted_layer_feature_and_token(p):
     v = judge(record("massive.exists"), ctx)
     assert v.verdict == "holds", v.summary
     assert v.details["massive_layers"] == list(range(p["layer"], N_LAYER))
-    r = ctx.run()
+    r = ctx.run(want("block.*", "top_token", "top_feature"))
     for l in range(p["layer"], N_LAYER):
         assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * 8
         assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * 8

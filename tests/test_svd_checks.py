@@ -155,7 +155,7 @@ def test_dominant_direction_on_random_weights(arch) -> None:
     """Random Gaussian weights have no dominant direction; without a massive layer it is invalid."""
     rec = record("svd.dominant_direction")
     assert judge(rec, context(tiny_model(arch), f"tiny-{arch}")).verdict == "invalid"
-    at0 = dataclasses.replace(rec, params={**rec.params, "layer": 0})
+    at0 = dataclasses.replace(rec, params=dataclasses.replace(rec.params, layer=0))
     v = judge(at0, context(tiny_model(arch), f"tiny-{arch}"))
     assert v.verdict == "refuted" and v.values["ratio"] < 1.5, v.summary
 
@@ -169,7 +169,7 @@ def test_projection_r2_holds_on_v1_but_is_non_specific_when_one_token_carries_it
     assert v.values["slope"] == pytest.approx(v.values["sigma1"] * v.values["u1_dim"], rel=0.05)
     assert v.controls["random_directions"], v.details["r2"]
     assert v.verdict == "non-specific", v.summary
-    assert len(v.details["scatter"]["x"]) == 8 * SEQLEN
+    assert len(v.figures[0]["panels"][0]["x"]) == 8 * SEQLEN
     assert set(v.details["r2"]) >= {"v1", "v2", "random_max", "random"}
 
 

@@ -1,90 +1,171 @@
 """Family A: which component generates massive activations: whole blocks, and heads."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
-from massact.checks.base import ClaimInvalid, Context, Measurement, check, massive_layers, profile, ranges
-from massact.checks.heads import scores
-from massact.interventions import Intervention
+from massact import figures as fig
+from massact.checks.base import (PROFILE, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params, check,
+                                 massive_layers, massive_spans, profile, ranges)
+from massact.checks.heads import ATTENTION, METHOD, scores
+from massact.interventions import BY_NAME, PruneHeads
 from massact.metrics import activations as act
 from massact.metrics import heads as hm
 
 
-@check("intervention", "mode", "bound", "min_abs", "min_ratio")
-def ablation(ctx: Context, p: dict) -> Measurement:
+@dataclass(frozen=True, kw_only=True)
+class AblationParams(MassiveDef):
+    intervention: Literal["zero_attention", "zero_mlp"]
+    mode: Literal["unchanged", "drops"]
+    bound: float
+
+
+def _ablation_needs(p: AblationParams):
+    return [PROFILE, PROFILE.under(BY_NAME[p.intervention])]
+
+
+@check(AblationParams, needs=_ablation_needs)
+def ablation(ctx: Context, p: AblationParams) -> Measurement:
     """Per massive layer: relative change of the mean top-1 under the intervention.
 
     mode "unchanged": every |change| < bound; mode "drops": every change < -bound.
     """
-    base = profile(ctx.run(), ctx.lm.n_layers)
-    layers = massive_layers(base, p)
-    if not layers:
+    base_r = ctx.run(PROFILE)
+    if not massive_layers(profile(base_r, ctx.lm.n_layers), p):
         raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations: nothing to ablate")
-    new = profile(ctx.run(Intervention(kind=p["intervention"])), ctx.lm.n_layers)
-    change = act.relative_change(base["top1"], new["top1"])
-    ch = {l: float(change[l]) for l in layers}
-    if p["mode"] == "unchanged":
-        worst = max(ch, key=lambda l: abs(ch[l]))
-        holds = abs(ch[worst]) < p["bound"]
-    else:
-        worst = max(ch, key=lambda l: ch[l])
-        holds = ch[worst] < -p["bound"]
+    new_r = ctx.run(PROFILE.under(BY_NAME[p.intervention]))
+
+    def measure(idx):
+        base, new = profile(base_r.select(idx), ctx.lm.n_layers), profile(new_r.select(idx), ctx.lm.n_layers)
+        layers = massive_layers(base, p)
+        if not layers:
+            raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations: nothing to ablate")
+        return base, new, layers, act.relative_change(base["top1"], new["top1"])
+
+    def decide(idx):
+        _, _, layers, change = measure(idx)
+        ch = {l: float(change[l]) for l in layers}
+        if p.mode == "unchanged":
+            worst = max(ch, key=lambda l: abs(ch[l]))
+            holds = abs(ch[worst]) < p.bound
+        else:
+            worst = max(ch, key=lambda l: ch[l])
+            holds = ch[worst] < -p.bound
+        return Outcome(
+            holds=holds, primary="worst_change",
+            summary=f"{p.intervention}: top-1 change over massive layers {ranges(layers)}: "
+                    f"worst {ch[worst]:+.2%} at layer {worst}; mean {sum(ch.values()) / len(ch):+.2%}",
+            values={"worst_change": ch[worst], **{f"change.{l}": float(change[l]) for l in range(len(change))}})
+
+    base, new, layers, change = measure(None)
+    bound = {"op": "<", "value": p.bound, "abs": True} if p.mode == "unchanged" else \
+        {"op": "<", "value": -p.bound, "abs": False}
+    band = fig.Band(-p.bound, p.bound, f"+-{p.bound:.0%}") if p.mode == "unchanged" else \
+        fig.Band(-1.0, -p.bound, f"drop > {p.bound:.0%}")
+    label = {"zero_attention": "attention zeroed", "zero_mlp": "MLPs zeroed"}[p.intervention]
     return Measurement(
-        holds=holds, primary="worst_change",
-        summary=f"{p['intervention']}: top-1 change over massive layers {ranges(layers)}: "
-                f"worst {ch[worst]:+.2%} at layer {worst}; mean {sum(ch.values()) / len(ch):+.2%}",
-        values={"worst_change": ch[worst], **{f"change.{l}": float(change[l]) for l in range(len(change))}},
-        details={"layers": layers, "baseline_top1": base["top1"].tolist(), "ablated_top1": new["top1"].tolist()})
+        decide, n=base_r.n, unit="%", bound=bound,
+        details={"layers": layers, "baseline_top1": base["top1"].tolist(), "ablated_top1": new["top1"].tolist()},
+        figures=[fig.Bars(title=f"{ctx.lm.name}: top-1 change per layer, {label}",
+                          categories=[str(l) for l in range(len(change))], series={label: change.tolist()},
+                          x_label="layer", y_label="relative change of mean top-1", unit="%", bands=[band],
+                          spans=massive_spans(layers),
+                          caption=f"(ablated - baseline) / baseline mean top-1 |activation| per block output; "
+                                  f"the claim reads the massive layers {ranges(layers)}"),
+                 fig.Lines(title=f"{ctx.lm.name}: top-1 |activation|, baseline and {label}",
+                           x=list(range(len(change))), series={"baseline": base["top1"].tolist(),
+                                                               label: new["top1"].tolist()},
+                           y_label="mean top-1 |activation|", log_y=True,
+                           caption="mean over samples of the largest |activation| per block output")])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneParams(Params):
+    method: METHOD  # documented_method prunes a slice of the attention output, correct_method a head
+    rank_by: METHOD  # which first-token score ranks the heads
 
 
 PRUNE = {"documented_method": "documented", "correct_method": "correct"}
 
 
-def _ranking(ctx: Context, p: dict) -> torch.Tensor:
-    """First-token attention per head (L, H), on all of the claim's samples (never a resample)."""
-    return scores(ctx.full(), p["rank_by"])
+def _prune_profile(ctx: Context, heads: list[tuple[int, int]], method: str):
+    return ctx.run(PROFILE.under(PruneHeads(tuple(heads), PRUNE[method])))
 
 
-def _prune_change(ctx: Context, base, heads: list[tuple[int, int]], method: str) -> torch.Tensor:
-    """Per-layer relative change of the mean top-1 when ``heads`` are pruned; (L,)."""
-    new = profile(ctx.run(Intervention(kind="prune_heads", heads=tuple(heads), method=PRUNE[method])), ctx.lm.n_layers)
+def _change(ctx: Context, base_r, pruned_r, idx) -> torch.Tensor:
+    """Per-layer relative change of the mean top-1 when heads are pruned, on samples idx; (L,)."""
+    base, new = profile(base_r.select(idx), ctx.lm.n_layers), profile(pruned_r.select(idx), ctx.lm.n_layers)
     return act.relative_change(base["top1"], new["top1"])
 
 
-@check("method", "rank_by", "k", "random_draws")
-def top_vs_bottom_heads(ctx: Context, p: dict) -> Measurement:
+@dataclass(frozen=True, kw_only=True)
+class TopBottomParams(PruneParams):
+    k: int
+    random_draws: int
+
+
+@check(TopBottomParams, needs=[PROFILE, ATTENTION])
+def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones."""
-    s = _ranking(ctx, p)
+    s = scores(ctx, p.rank_by)  # the ranking, from all of the claim's samples
     L, H = s.shape
-    top, bottom = hm.ranked(s, p["k"]), hm.ranked(s, p["k"], top=False)
-    base = profile(ctx.run(), ctx.lm.n_layers)
-    impact = {}
-    for name, heads in (("top", top), ("bottom", bottom)):
-        impact[name] = _prune_change(ctx, base, heads, p["method"]).abs().mean().item()
-    rnd = [hm.random_heads(L, H, p["k"], seed=d, exclude=top + bottom) for d in range(p["random_draws"])]
-    impact["random"] = sum(_prune_change(ctx, base, h, p["method"]).abs().mean().item() for h in rnd) / len(rnd)
-    ratio = impact["bottom"] / max(impact["top"], 1e-12)
+    top, bottom = hm.ranked(s, p.k), hm.ranked(s, p.k, top=False)
+    rnd = [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)]
+    base_r = ctx.run(PROFILE)
+    pruned = {"top": _prune_profile(ctx, top, p.method), "bottom": _prune_profile(ctx, bottom, p.method)}
+    pruned_rnd = [_prune_profile(ctx, h, p.method) for h in rnd]
+
+    def decide(idx):
+        impact = {name: _change(ctx, base_r, r, idx).abs().mean().item() for name, r in pruned.items()}
+        impact["random"] = sum(_change(ctx, base_r, r, idx).abs().mean().item() for r in pruned_rnd) / len(rnd)
+        ratio = impact["bottom"] / max(impact["top"], 1e-12)
+        return Outcome(
+            holds=impact["bottom"] > impact["top"], primary="bottom_over_top",
+            summary=f"{p.method}: mean |top-1 change| over layers: top {top} {impact['top']:.3%}, bottom {bottom} "
+                    f"{impact['bottom']:.3%} (x{ratio:.1f}), {p.k} random heads {impact['random']:.3%}",
+            values={"bottom_over_top": ratio, **{f"impact.{k}": v for k, v in impact.items()}},
+            # the claim is that the bottom heads matter: random heads that move top-1 as much pick nothing out
+            controls={"random_heads": impact["random"] >= impact["bottom"]})
+
+    changes = {name: _change(ctx, base_r, r, None).tolist() for name, r in pruned.items()}
     return Measurement(
-        holds=impact["bottom"] > impact["top"], primary="bottom_over_top",
-        summary=f"{p['method']}: mean |top-1 change| over layers: top {top} {impact['top']:.3%}, bottom {bottom} "
-                f"{impact['bottom']:.3%} (x{ratio:.1f}), {p['k']} random heads {impact['random']:.3%}",
-        values={"bottom_over_top": ratio, **{f"impact.{k}": v for k, v in impact.items()}},
-        # the claim is that the bottom heads matter: random heads that move top-1 as much pick nothing out
-        controls={"random_heads": impact["random"] >= impact["bottom"]},
-        details={"top": top, "bottom": bottom, "random": rnd, "impact": impact})
+        decide, n=base_r.n, unit="x", bound={"op": ">", "value": 1.0, "abs": False},
+        selections={"top heads": top, "bottom heads": bottom, "random heads": rnd,
+                    "ranked by": f"first-token attention ({p.rank_by}) over all {base_r.n} samples"},
+        details={"top": top, "bottom": bottom, "random": rnd},
+        figures=[fig.Bars(title=f"{ctx.lm.name}: top-1 change per layer when heads are pruned ({p.method})",
+                          categories=[str(l) for l in range(L)],
+                          series={f"{name} {p.k}": v for name, v in changes.items()}, x_label="layer",
+                          y_label="relative change of mean top-1", unit="%",
+                          caption=f"top heads {top}, bottom heads {bottom} by first-token attention")])
 
 
-@check("method", "rank_by", "n_heads", "bound")
-def single_head(ctx: Context, p: dict) -> Measurement:
+@dataclass(frozen=True, kw_only=True)
+class SingleHeadParams(PruneParams):
+    n_heads: int
+    bound: float
+
+
+@check(SingleHeadParams, needs=[PROFILE, ATTENTION])
+def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
     """Pruning one of the top first-token heads leaves its own layer's top-1 within ``bound``."""
-    s = _ranking(ctx, p)
-    base = profile(ctx.run(), ctx.lm.n_layers)
-    change = {}
-    for l, h in hm.ranked(s, p["n_heads"]):
-        change[(l, h)] = float(_prune_change(ctx, base, [(l, h)], p["method"])[l])
-    worst = max(change, key=lambda k: abs(change[k]))
-    return Measurement(
-        holds=abs(change[worst]) < p["bound"], primary="worst_change",
-        summary=f"{p['method']}: " + ", ".join(f"head {k}: layer {k[0]} top-1 {v:+.3%}" for k, v in change.items()),
-        values={"worst_change": change[worst], **{f"change.{l}.{h}": v for (l, h), v in change.items()}},
-        details={"heads": [list(k) for k in change], "change": list(change.values())})
+    heads = hm.ranked(scores(ctx, p.rank_by), p.n_heads)
+    base_r = ctx.run(PROFILE)
+    pruned = {(l, h): _prune_profile(ctx, [(l, h)], p.method) for l, h in heads}
+
+    def decide(idx):
+        change = {(l, h): float(_change(ctx, base_r, r, idx)[l]) for (l, h), r in pruned.items()}
+        worst = max(change, key=lambda k: abs(change[k]))
+        return Outcome(
+            holds=abs(change[worst]) < p.bound, primary="worst_change",
+            summary=f"{p.method}: " + ", ".join(f"head {k}: layer {k[0]} top-1 {v:+.3%}" for k, v in change.items()),
+            values={"worst_change": change[worst], **{f"change.{l}.{h}": v for (l, h), v in change.items()}})
+
+    full = decide(None)
+    return Measurement(decide, n=base_r.n, unit="%", bound={"op": "<", "value": p.bound, "abs": True},
+                       selections={"heads": heads, "ranked by": f"first-token attention ({p.rank_by}) over all "
+                                                                 f"{base_r.n} samples"},
+                       details={"heads": [list(k) for k in pruned],
+                                "change": [full.values[f"change.{l}.{h}"] for l, h in pruned]})

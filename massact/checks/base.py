@@ -1,24 +1,31 @@
-"""What a check is: the session context it reads, the Measurement it returns, the registry.
+"""What a check is: typed parameters, the requests it needs, and the Measurement it returns.
 
-A check takes the context (model, corpus, cached passes) and a claim record's params and
-returns a Measurement: the general form's decision, a one-line summary, named values (what a
-documented-value form compares with the document), the outcome of its controls, and details
-for the report. A claim that cannot be evaluated as written on this model raises ClaimInvalid.
-Checks read passes only through ``ctx.run()``, so the judge can bootstrap them over samples.
+A check measures once: it runs the passes it asks for (``ctx.run(request)``) and returns a
+Measurement whose pure ``decide(idx)`` turns a resample of the per-sample measurements into an
+Outcome (the decision, the primary value, the controls). The judge calls ``decide(None)`` for
+the verdict and ``decide(idx)`` for each bootstrap resample; nothing re-runs. Choices a check
+makes from the data (which heads to prune, which layer to keep) are made once, from all
+samples, before ``decide``, and listed in ``selections``: the interval is conditional on them.
+A claim that cannot be evaluated as written on this model raises ClaimInvalid.
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from massact.corpus import Corpus
-from massact.engine import BASELINE, Engine, PassResult
-from massact.interventions import Intervention
+from massact.engine import Engine, PassResult
+from massact.errors import ClaimRecordError
+from massact.figures import Figure, Span
 from massact.metrics import activations as act
 from massact.models import LoadedModel
+from massact.requests import Request, want
 
 
 class ClaimInvalid(Exception):
@@ -31,87 +38,225 @@ class Context:
     corpus: Corpus
     engine: Engine
     n: int  # samples this claim reads: the first n of the corpus's sample order
-    idx: torch.Tensor | None = None  # a bootstrap resample of range(n), or None for all
 
-    def run(self, intervention: Intervention = BASELINE, *, keep: tuple[str, ...] = (),
-            attention: bool = False) -> PassResult:
-        """A cached pass over this claim's samples (see Engine.run for keep and attention)."""
-        r = self.engine.run(self.lm, self.corpus, intervention, n=self.n, keep=keep, attention=attention)
-        return r if self.idx is None else r.select(self.idx)
+    def run(self, request: Request, *, n: int | None = None) -> PassResult:
+        """A cached pass with at least ``request``'s statistics over this claim's samples."""
+        return self.engine.run(self.lm, self.corpus, request, n=self.n if n is None else n)
 
-    def resampled(self, idx: torch.Tensor) -> Context:
-        return replace(self, idx=idx)
 
-    def full(self) -> Context:
-        """All of this claim's samples, resampled or not: for choices that pick an intervention
-        (which heads to prune, which entries to set), so a bootstrap replicate never needs a new pass."""
-        return replace(self, idx=None)
+# ---------------------------------------------------------------- parameters
 
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    """A check's parameters: subclasses declare typed fields; defaults are shared by every record."""
+
+    @classmethod
+    def parse(cls, raw: dict) -> Params:
+        """An instance from a record's ``params`` table; ClaimRecordError names the field."""
+        if not isinstance(raw, dict):
+            raise ClaimRecordError("field 'params' must be a table")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ClaimRecordError(f"field 'params' has unknown key(s) {unknown}; {cls.__name__} takes "
+                                   f"{sorted(fields)}")
+        missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ClaimRecordError(f"field 'params' lacks {missing}")
+        for name, value in raw.items():
+            if not _is(value, hints[name]):
+                raise ClaimRecordError(f"field 'params.{name}' must be {_describe(hints[name])}, not {value!r}")
+        return cls(**{k: _frozen(v) for k, v in raw.items()})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is(value, tp) -> bool:
+    """Whether a TOML value fits a field type (an int is a float; a bool is never a number)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if origin in (tuple, Sequence):
+        item = args[0] if args else typing.Any
+        return isinstance(value, (list, tuple)) and all(_is(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_is(k, args[0]) and _is(v, args[1]) for k, v in value.items())
+    if tp is typing.Any:
+        return True
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is type(None):
+        return value is None
+    return isinstance(value, tp)
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, Sequence):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a table"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _frozen(v):
+    """Lists become tuples, so params stay hashable and immutable."""
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _frozen(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoParams(Params):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class MassiveDef(Params):
+    """The massive-activation definition (Sun et al. 2024): |a| >= min_abs and >= min_ratio x median."""
+
+    min_abs: float = 100.0
+    min_ratio: float = 1000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AtLayer(MassiveDef):
+    """A per-layer claim: ``layer`` as named, else the emergence layer (the first massive one);
+    ``dim`` as named, else the feature most often top-1 there."""
+
+    layer: int | None = None
+    dim: int | None = None
+
+
+# ---------------------------------------------------------------- what a check returns
 
 @dataclass
-class Measurement:
+class Outcome:
+    """The claim evaluated on one set of samples (all of them, or a bootstrap resample)."""
+
     holds: bool
     summary: str
     values: dict[str, float] = field(default_factory=dict)
     primary: str | None = None  # the value the threshold applies to; reported with its interval
     # control name -> True when the control *also* satisfies the claim (the claim is non-specific)
     controls: dict[str, bool] = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
     reason: str = ""
+
+
+@dataclass
+class Measurement:
+    """Measured once; ``decide`` evaluates the claim on a resample ``idx`` of the ``n`` samples
+    (None: all of them). ``n`` 0: nothing to resample (weights, a document's numbers)."""
+
+    decide: Callable[[torch.Tensor | None], Outcome]
+    n: int = 0
+    unit: str = ""  # how the primary is shown: "%" (a fraction), "x" (a factor), "" (plain)
+    bound: dict | None = None  # the threshold on the primary as a number: {"op", "value", "abs"}
+    selections: dict = field(default_factory=dict)  # made once from all samples
+    details: dict = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def fixed(outcome: Outcome, **kw) -> Measurement:
+    """A Measurement with nothing to resample: the same outcome whatever the samples."""
+    return Measurement(decide=lambda idx: outcome, **kw)
 
 
 @dataclass(frozen=True)
 class Check:
-    fn: Callable[[Context | None, dict], Measurement]
-    params: tuple[str, ...]
+    fn: Callable[[Context | None, Params], Measurement]
+    params: type[Params]
+    needs: Callable[[Params], list[Request]]  # the requests the check makes before looking at data
     needs_model: bool = True
     documented_only: bool = False  # gives values but no decision of its own
-    resamplable: bool = True  # reads per-sample passes, so it can be bootstrapped
 
 
 CHECKS: dict[str, Check] = {}
 
 
-def check(*params: str, needs_model: bool = True, documented_only: bool = False, resamplable: bool = True):
-    """Register a check under its function name; ``params`` are the record params it requires."""
+def check(params: type[Params] = NoParams, *, needs: Sequence[Request] | Callable[[Params], list[Request]] = (),
+          needs_model: bool = True, documented_only: bool = False):
+    """Register a check under its function name; ``needs``: the requests it makes whatever the data
+    say (or a function of its params giving them), so the engine can merge them before the first pass."""
     def register(fn):
-        CHECKS[fn.__name__] = Check(fn, params, needs_model, documented_only, resamplable and needs_model)
+        need = needs if callable(needs) else (lambda p, fixed=tuple(needs): list(fixed))
+        CHECKS[fn.__name__] = Check(fn, params, need, needs_model, documented_only)
         return fn
     return register
 
 
-# ---------------------------------------------------------------- helpers shared by the families
+# ---------------------------------------------------------------- shared by the families
+
+PROFILE = want("block.*", "top_abs", "median")  # the per-layer profile: top-1/2/3 and median |a|
+
 
 def profile(r: PassResult, n_layers: int) -> dict[str, torch.Tensor]:
     return act.layer_profile([r.stat(f"block.{l}", "top_abs") for l in range(n_layers)],
                              [r.stat(f"block.{l}", "median") for l in range(n_layers)])
 
 
-def massive_layers(prof: dict[str, torch.Tensor], p: dict) -> list[int]:
-    mask = act.massive_mask(prof["top1"], prof["median"], min_abs=p["min_abs"], min_ratio=p["min_ratio"])
+def massive_layers(prof: dict[str, torch.Tensor], p: MassiveDef) -> list[int]:
+    mask = act.massive_mask(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio)
     return mask.nonzero().flatten().tolist()
 
 
-def emergence_layer(ctx: Context, p: dict) -> int:
-    """The layer a per-layer claim looks at: ``params.layer``, or the first massive layer."""
-    if "layer" in p:
-        if p["layer"] >= ctx.lm.n_layers:
-            raise ClaimInvalid(f"layer {p['layer']} does not exist: {ctx.lm.name} has {ctx.lm.n_layers} layers")
-        return int(p["layer"])
-    layers = massive_layers(profile(ctx.run(), ctx.lm.n_layers), p)
+def check_layer(ctx: Context, layer: int) -> int:
+    if not 0 <= layer < ctx.lm.n_layers:
+        raise ClaimInvalid(f"layer {layer} does not exist: {ctx.lm.name} has {ctx.lm.n_layers} layers")
+    return int(layer)
+
+
+def check_dim(ctx: Context, dim: int) -> int:
+    if not 0 <= dim < ctx.lm.hidden_size:
+        raise ClaimInvalid(f"dim {dim} does not exist: {ctx.lm.name} has hidden size {ctx.lm.hidden_size}")
+    return int(dim)
+
+
+def emergence_layer(ctx: Context, p: AtLayer) -> int:
+    """The layer a per-layer claim looks at: ``p.layer``, else the emergence layer: the first
+    layer whose mean top-1 is massive (the one definition every claim uses)."""
+    if p.layer is not None:
+        return check_layer(ctx, p.layer)
+    layers = massive_layers(profile(ctx.run(PROFILE), ctx.lm.n_layers), p)
     if not layers:
         raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations "
-                           f"(top-1 >= {p['min_abs']:g} and >= {p['min_ratio']:g}x median): nothing to locate")
+                           f"(top-1 >= {p.min_abs:g} and >= {p.min_ratio:g}x median): nothing to locate")
     return layers[0]
 
 
-def massive_dim(ctx: Context, r: PassResult, layer: int, p: dict) -> int:
-    """``params.dim``, or the feature that is most often the per-sample top-1 of block ``layer``'s output."""
-    if "dim" in p:
-        if p["dim"] >= ctx.lm.hidden_size:
-            raise ClaimInvalid(f"dim {p['dim']} does not exist: {ctx.lm.name} has hidden size {ctx.lm.hidden_size}")
-        return int(p["dim"])
-    return Counter(r.stat(f"block.{layer}", "top_feature")[:, 0].tolist()).most_common(1)[0][0]
+TOP_FEATURE = want("block.*", "top_feature")
+
+
+def massive_dim(ctx: Context, layer: int, p: AtLayer) -> int:
+    """``p.dim``, or the feature that is most often the per-sample top-1 of block ``layer``'s output."""
+    if p.dim is not None:
+        return check_dim(ctx, p.dim)
+    feats = ctx.run(TOP_FEATURE).stat(f"block.{layer}", "top_feature")
+    return Counter(feats[:, 0].tolist()).most_common(1)[0][0]
+
+
+def massive_spans(layers: list[int]) -> list[Span]:
+    """Shaded ranges of consecutive massive layers, for a per-layer figure."""
+    out: list[list[int]] = []
+    for l in layers:
+        if out and out[-1][1] == l - 1:
+            out[-1][1] = l
+        else:
+            out.append([l, l])
+    return [Span(lo, hi, "massive") for lo, hi in out]
 
 
 def ranges(layers: list[int]) -> str:

@@ -3,60 +3,89 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
-from massact.checks.base import ClaimInvalid, Context, Measurement, check, emergence_layer
-from massact.interventions import Intervention
+from massact import figures as fig
+from massact.checks.base import (PROFILE, AtLayer, ClaimInvalid, Context, Measurement, Outcome, check,
+                                 emergence_layer)
+from massact.engine import PassResult
+from massact.interventions import SetActivations
 from massact.metrics import activations as act
+from massact.requests import LOSS_POINT, want
+
+TOP = want("block.*", "top_value", "top_token", "top_feature", "median")
+LOSS = want(LOSS_POINT, "loss")
 
 
-def massive_entries(ctx: Context, layer: int, p: dict) -> list[tuple[int, int, float]]:
+def massive_entries(r: PassResult, layer: int, p: AtLayer, min_recur: float) -> list[tuple[int, int, float]]:
     """(token, feature, mean signed value) of the massive top-k entries recurring in >= min_recur of samples."""
-    r = ctx.run()
     vals, toks, feats = (r.stat(f"block.{layer}", k) for k in ("top_value", "top_token", "top_feature"))
     med = r.stat(f"block.{layer}", "median")
-    massive = act.massive_mask(vals.abs(), med[:, None], min_abs=p["min_abs"], min_ratio=p["min_ratio"])  # (N, k)
+    massive = act.massive_mask(vals.abs(), med[:, None], min_abs=p.min_abs, min_ratio=p.min_ratio)  # (N, k)
     hits: Counter = Counter()
     sums: dict[tuple[int, int], float] = {}
     for i, j in massive.nonzero().tolist():
         t, f = int(toks[i, j]), int(feats[i, j])
         hits[(t, f)] += 1
         sums[(t, f)] = sums.get((t, f), 0.0) + float(vals[i, j])
-    keep = [k for k, c in hits.items() if c >= p["min_recur"] * len(vals)]
+    keep = [k for k, c in hits.items() if c >= min_recur * len(vals)]
     return [(t, f, sums[(t, f)] / hits[(t, f)]) for t, f in sorted(keep)]
 
 
-def _ppl_ratio(ctx: Context, base: torch.Tensor, iv: Intervention) -> float:
-    """exp(mean NLL under the intervention - mean NLL of the baseline) over this claim's samples."""
-    return math.exp(float(ctx.run(iv).loss.mean() - base.mean()))
+@dataclass(frozen=True, kw_only=True)
+class ZeroVsMeanParams(AtLayer):
+    min_recur: float
+    zero_min_ratio: float
+    mean_max_ratio: float
 
 
-@check("min_abs", "min_ratio", "min_recur", "zero_min_ratio", "mean_max_ratio")
-def zero_vs_mean(ctx: Context, p: dict) -> Measurement:
-    full = ctx.full()  # the entries (and so the interventions) come from all samples, never a resample
-    layer = emergence_layer(full, p)
-    base = ctx.run().loss
-    if base is None:
+@check(ZeroVsMeanParams, needs=[PROFILE, TOP, LOSS])
+def zero_vs_mean(ctx: Context, p: ZeroVsMeanParams) -> Measurement:
+    layer = emergence_layer(ctx, p)
+    base_r = ctx.run(LOSS)
+    if base_r.loss is None:
         raise ClaimInvalid(f"{ctx.lm.name} has no language-model head: perplexity is undefined")
-    entries = massive_entries(full, layer, p)
+    entries = massive_entries(ctx.run(TOP), layer, p, p.min_recur)  # from all samples, never a resample
     if not entries:
-        raise ClaimInvalid(f"no massive entry at layer {layer} recurs in {p['min_recur']:.0%} of samples")
-    zero = Intervention(kind="set_activations", entries=tuple((layer, t, f, 0.0) for t, f, _ in entries))
-    mean = Intervention(kind="set_activations", entries=tuple((layer, t, f, round(v, 4)) for t, f, v in entries))
+        raise ClaimInvalid(f"no massive entry at layer {layer} recurs in {p.min_recur:.0%} of samples")
+    zero = SetActivations(tuple((layer, t, f, 0.0) for t, f, _ in entries))
+    mean = SetActivations(tuple((layer, t, f, round(v, 4)) for t, f, v in entries))
     # control: zero as many ordinary entries (tokens >= 1, other features) at the same layer
     g = torch.Generator().manual_seed(0)
-    T, D = ctx.run().input_ids.shape[1], ctx.lm.hidden_size
+    T, D = base_r.input_ids.shape[1], ctx.lm.hidden_size
     massive_feats = {f for _, f, _ in entries}
     others = [f for f in torch.randperm(D, generator=g).tolist() if f not in massive_feats][:len(entries)]
-    rnd = Intervention(kind="set_activations", entries=tuple(
+    rnd = SetActivations(tuple(
         (layer, int(t), f, 0.0) for t, f in zip(torch.randint(1, T, (len(others),), generator=g).tolist(), others)))
-    z, m, c = _ppl_ratio(ctx, base, zero), _ppl_ratio(ctx, base, mean), _ppl_ratio(ctx, base, rnd)
+    runs = {name: ctx.run(LOSS.under(iv)) for name, iv in (("zero", zero), ("mean", mean), ("control", rnd))}
+
+    def ratios(idx):
+        """exp(mean NLL under each intervention - mean NLL of the baseline) over the samples idx."""
+        base = base_r.select(idx).loss
+        return {name: math.exp(float(r.select(idx).loss.mean() - base.mean())) for name, r in runs.items()}
+
+    def decide(idx):
+        x = ratios(idx)
+        z, m, c = x["zero"], x["mean"], x["control"]
+        return Outcome(
+            holds=z >= p.zero_min_ratio and m <= p.mean_max_ratio, primary="zero_ppl_ratio",
+            summary=f"layer {layer}, {len(entries)} entries {[(t, f) for t, f, _ in entries]}: perplexity x{z:.2f} "
+                    f"set to zero, x{m:.3f} set to their mean; x{c:.3f} zeroing as many ordinary entries "
+                    f"(baseline ppl {math.exp(float(base_r.select(idx).loss.mean())):.2f})",
+            values={"zero_ppl_ratio": z, "mean_ppl_ratio": m, "control_ppl_ratio": c, "layer": layer},
+            controls={"ordinary_entries": c >= p.zero_min_ratio})
+
+    x = ratios(None)
     return Measurement(
-        holds=z >= p["zero_min_ratio"] and m <= p["mean_max_ratio"], primary="zero_ppl_ratio",
-        summary=f"layer {layer}, {len(entries)} entries {[(t, f) for t, f, _ in entries]}: perplexity x{z:.2f} set "
-                f"to zero, x{m:.3f} set to their mean; x{c:.3f} zeroing as many ordinary entries "
-                f"(baseline ppl {math.exp(float(base.mean())):.2f})",
-        values={"zero_ppl_ratio": z, "mean_ppl_ratio": m, "control_ppl_ratio": c, "layer": layer},
-        controls={"ordinary_entries": c >= p["zero_min_ratio"]},
-        details={"layer": layer, "entries": [list(e) for e in entries]})
+        decide, n=base_r.n, unit="x", bound={"op": ">=", "value": p.zero_min_ratio, "abs": False},
+        selections={"layer": f"{layer} (the emergence layer, from all samples)",
+                    "entries": [[t, f] for t, f, _ in entries]},
+        details={"layer": layer, "entries": [list(e) for e in entries]},
+        figures=[fig.Bars(title=f"{ctx.lm.name}: perplexity when entries at layer {layer} are set",
+                          categories=["set to zero", "set to mean", "control: ordinary entries zeroed"],
+                          series={"perplexity / baseline": [x["zero"], x["mean"], x["control"]]}, unit="x",
+                          log_y=True, refs=[fig.Ref(p.zero_min_ratio, f"zero needs >= x{p.zero_min_ratio:g}"),
+                                            fig.Ref(p.mean_max_ratio, f"mean needs <= x{p.mean_max_ratio:g}")],
+                          caption=f"{len(entries)} massive entries (token, dim) {[(t, f) for t, f, _ in entries]}")])

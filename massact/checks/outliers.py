@@ -1,17 +1,19 @@
 """Family O: outliers in weights and activations (seed 004)."""
 from __future__ import annotations
 
-import weakref
-from dataclasses import replace
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from massact.checks.base import ClaimInvalid, Context, Measurement, check
+from massact import figures as fig
+from massact.checks.base import ClaimInvalid, Context, Measurement, Outcome, Params, check, check_layer, fixed
 from massact.metrics import outliers as out
+from massact.requests import want
 
 
-def _layers(names: list, n_layers: int) -> list[int]:
+def _layers(names: tuple, n_layers: int) -> list[int]:
     """Record layer names -> indices: ints as given, "middle" = L // 2, "last" = L - 1."""
     named = {"middle": n_layers // 2, "last": n_layers - 1}
     layers = []
@@ -37,21 +39,34 @@ def weight_matrices(ctx: Context, layer: int) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in mats.items()}
 
 
-def _margin(m: dict, p: dict) -> float:
+@dataclass(frozen=True, kw_only=True)
+class HeavyParams(Params):
+    layers: tuple[int | str, ...]
+    min_kurtosis_se: float
+    min_max_z: float
+
+
+def _margin(m: dict, p: HeavyParams) -> float:
     """Both tests scaled to their threshold: > 1 exactly when the matrix is heavy tailed."""
-    return min(m["excess_kurtosis"] / (p["min_kurtosis_se"] * out.kurtosis_se(m["n"])), m["max_z"] / p["min_max_z"])
+    return min(m["excess_kurtosis"] / (p.min_kurtosis_se * out.kurtosis_se(m["n"])), m["max_z"] / p.min_max_z)
 
 
-def _heavy(m: dict, p: dict) -> bool:
+def _heavy(m: dict, p: HeavyParams) -> bool:
     return _margin(m, p) > 1
 
 
-@check("layers", "min_kurtosis_se", "min_max_z", resamplable=False)
-def weights_heavy_tailed(ctx: Context, p: dict) -> Measurement:
+def _histogram(w: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Counts of the weights in 60 bins between their extremes."""
+    h = torch.histogram(w.detach().float().flatten(), bins=60)
+    return h.bin_edges.tolist(), h.hist.tolist()
+
+
+@check(HeavyParams)
+def weights_heavy_tailed(ctx: Context, p: HeavyParams) -> Measurement:
     """Every named matrix: excess kurtosis significantly > 0 and its farthest entry > min_max_z std out."""
     emb: nn.Module = ctx.lm.model.get_input_embeddings()
     mats = {"embeddings": emb.weight.detach()}
-    for l in _layers(p["layers"], ctx.lm.n_layers):
+    for l in _layers(p.layers, ctx.lm.n_layers):
         mats.update({f"{k}.{l}": w for k, w in weight_matrices(ctx, l).items()})
     stats = {k: out.moments(w) for k, w in mats.items()}
     light = [k for k, m in stats.items() if not _heavy(m, p)]
@@ -68,70 +83,89 @@ def weights_heavy_tailed(ctx: Context, p: dict) -> Measurement:
     for l in range(ctx.lm.n_layers):
         for k, w in weight_matrices(ctx, l).items():
             per_layer.setdefault(k, []).append(out.excess_kurtosis(w))
-    return Measurement(
+    figures = []
+    for k, w in mats.items():
+        edges, counts = _histogram(w)
+        figures.append(fig.Histogram(title=f"{ctx.lm.name}: {k} weights", edges=edges, counts={k: counts},
+                                     x_label="weight", log_y=True,
+                                     caption=f"excess kurtosis {stats[k]['excess_kurtosis']:.2f}, farthest entry "
+                                             f"{stats[k]['max_z']:.1f} std from the mean (log-scale counts, as "
+                                             "document 004 draws them)"))
+    figures.append(fig.Lines(title=f"{ctx.lm.name}: excess kurtosis of the weights per layer",
+                             x=list(range(ctx.lm.n_layers)), series=per_layer, y_label="excess kurtosis",
+                             refs=[fig.Ref(0.0, "Gaussian")], caption="0 for a Gaussian; > 0 for heavy tails"))
+    return fixed(Outcome(
         holds=not light, primary="margin",
         summary="; ".join(f"{k}: kurtosis {m['excess_kurtosis']:.2f}, max {m['max_z']:.1f} std"
                           for k, m in stats.items()),
         values=values, controls={"gaussian_same_size": len(gauss) == len(mats)},
-        reason=f"not heavy tailed: {', '.join(light)}" if light else "",
-        details={"matrices": stats, "per_layer_kurtosis": per_layer, "gaussian_passing": gauss})
+        reason=f"not heavy tailed: {', '.join(light)}" if light else ""),
+        bound={"op": ">", "value": 1.0, "abs": False},
+        details={"matrices": stats, "per_layer_kurtosis": per_layer, "gaussian_passing": gauss}, figures=figures)
 
 
-# id(full tensor) -> (weak ref to it, {frac: per-sample shares}): bootstrap replicates pick samples,
-# so each sample's share is computed once, not once per replicate (a top-k over every entry).
-# Keyed by id, not by tensor: tensors compare elementwise, so they cannot be dict keys.
-_SHARES: dict[int, tuple[weakref.ref, dict[float, torch.Tensor]]] = {}
+@dataclass(frozen=True, kw_only=True)
+class EnergyParams(Params):
+    layer: int
+    role: Literal["input", "pre_act"]
+    frac: float
+    min_share: float
 
 
-def _shares(full: torch.Tensor, frac: float) -> torch.Tensor:
-    hit = _SHARES.get(id(full))
-    if hit is None or hit[0]() is not full:
-        if len(_SHARES) > 16:  # stale entries of passes no longer alive
-            _SHARES.clear()
-        hit = _SHARES[id(full)] = (weakref.ref(full), {})
-    if frac not in hit[1]:
-        hit[1][frac] = out.energy_share(full, frac=frac)
-    return hit[1][frac]
+def _energy_needs(p: EnergyParams):
+    # both roles kept in one pass, so the general form and the documented-method variant share it
+    return [want(f"mlp.{p.layer}.input", "full") | want(f"mlp.{p.layer}.pre_act", "full")]
 
 
-@check("layer", "role", "frac", "min_share")
-def energy_concentration(ctx: Context, p: dict) -> Measurement:
+@check(EnergyParams, needs=_energy_needs)
+def energy_concentration(ctx: Context, p: EnergyParams) -> Measurement:
     """Per sample: share of the sum of squares at one MLP checkpoint carried by its top ``frac`` entries."""
-    l, role = int(p["layer"]), p["role"]
-    if l >= ctx.lm.n_layers:
-        raise ClaimInvalid(f"layer {l} does not exist: {ctx.lm.name} has {ctx.lm.n_layers} layers")
+    l, role = check_layer(ctx, p.layer), p.role
     if role not in ctx.lm.adapter.checkpoint_roles():
         raise ClaimInvalid(f"no MLP checkpoint {role!r}: {ctx.lm.adapter.name} has "
                            f"{ctx.lm.adapter.checkpoint_roles()}")
-    # both roles kept in one pass, so the general form and the documented-method variant share it
-    keep = tuple(f"mlp.{l}.{r}" for r in ("input", "pre_act"))
-    full = replace(ctx, idx=None).run(keep=keep).stat(f"mlp.{l}.{role}", "full")  # (N, T, D), every sample
-    pick = slice(None) if ctx.idx is None else ctx.idx
-    share, half = _shares(full, p["frac"])[pick], _shares(full, p["frac"] / 2)[pick]
-    k = out.top_count(full[0].numel(), p["frac"])
-    mean = float(share.mean())
-    return Measurement(
-        holds=mean > p["min_share"], primary="share",
-        summary=f"mlp.{l}.{role}: top {p['frac']:.2%} of entries ({k} of {full[0].numel()}) carry "
-                f"{mean:.1%} of the energy (top {p['frac'] / 2:.3%}: {float(half.mean()):.1%}), "
-                f"mean over {len(share)} samples",
-        values={"share": mean, "share_half_frac": float(half.mean()), "entries": k},
-        details={"per_sample": share.tolist()})
+    full = ctx.run(_energy_needs(p)[0]).stat(f"mlp.{l}.{role}", "full")  # (N, T, D)
+    share_all, half_all = out.energy_share(full, frac=p.frac), out.energy_share(full, frac=p.frac / 2)
+    k = out.top_count(full[0].numel(), p.frac)
+
+    def decide(idx):
+        share, half = (share_all, half_all) if idx is None else (share_all[idx], half_all[idx])
+        mean = float(share.mean())
+        return Outcome(
+            holds=mean > p.min_share, primary="share",
+            summary=f"mlp.{l}.{role}: top {p.frac:.2%} of entries ({k} of {full[0].numel()}) carry "
+                    f"{mean:.1%} of the energy (top {p.frac / 2:.3%}: {float(half.mean()):.1%}), "
+                    f"mean over {len(share)} samples",
+            values={"share": mean, "share_half_frac": float(half.mean()), "entries": k})
+
+    return Measurement(decide, n=len(full), unit="%", bound={"op": ">", "value": p.min_share, "abs": False},
+                       details={"per_sample": share_all.tolist()})
 
 
-@check("n", "mean", "std", "outliers", "seed", "min_mass", needs_model=False)
-def softmax_amplification(ctx: None, p: dict) -> Measurement:
+@dataclass(frozen=True, kw_only=True)
+class SoftmaxParams(Params):
+    n: int
+    mean: float
+    std: float
+    outliers: tuple[float, ...]
+    seed: int
+    min_mass: float
+
+
+@check(SoftmaxParams, needs_model=False)
+def softmax_amplification(ctx: None, p: SoftmaxParams) -> Measurement:
     """The document's demo: softmax mass of the outlier scores among n Gaussian ones."""
-    k = len(p["outliers"])
-    scores = out.scores_with_outliers(n=p["n"], mean=p["mean"], std=p["std"], outliers=p["outliers"], seed=p["seed"])
-    idx = list(range(p["n"], p["n"] + k))
+    k = len(p.outliers)
+    scores = out.scores_with_outliers(n=p.n, mean=p.mean, std=p.std, outliers=list(p.outliers), seed=p.seed)
+    idx = list(range(p.n, p.n + k))
     mass = out.softmax_mass(scores, idx)
     # control: the same k positions holding ordinary draws instead of outliers
-    plain = out.scores_with_outliers(n=p["n"] + k, mean=p["mean"], std=p["std"], outliers=[], seed=p["seed"])
+    plain = out.scores_with_outliers(n=p.n + k, mean=p.mean, std=p.std, outliers=[], seed=p.seed)
     control = out.softmax_mass(plain, idx)
-    return Measurement(
-        holds=mass >= p["min_mass"], primary="mass",
-        summary=f"{k} outliers {p['outliers']} take {mass:.5%} of the softmax mass over {p['n']} scores "
-                f"~ N({p['mean']:g}, {p['std']:g}); without outliers those {k} entries take {control:.3%}",
+    return fixed(Outcome(
+        holds=mass >= p.min_mass, primary="mass",
+        summary=f"{k} outliers {list(p.outliers)} take {mass:.5%} of the softmax mass over {p.n} scores "
+                f"~ N({p.mean:g}, {p.std:g}); without outliers those {k} entries take {control:.3%}",
         values={"mass": mass, "control_mass": control},
-        controls={"no_outliers": control >= p["min_mass"]})
+        controls={"no_outliers": control >= p.min_mass}), unit="%", bound={"op": ">=", "value": p.min_mass,
+                                                                          "abs": False})

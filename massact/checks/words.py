@@ -7,18 +7,21 @@ reports it), and keeping it would mix a position effect into a word-class effect
 """
 from __future__ import annotations
 
-import weakref
 from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from massact.checks.base import ClaimInvalid, Context, Measurement, check, massive_layers, profile
-from massact.checks.svd import projection_data
+from massact import figures as fig
+from massact.checks.base import (PROFILE, TOP_FEATURE, AtLayer, ClaimInvalid, Context, MassiveDef, Measurement, Outcome,
+                                 check, massive_layers, profile)
+from massact.checks.svd import projection
 from massact.metrics import activations as act
 from massact.metrics import svd, words
+from massact.requests import want
 
 CODE = {c: i for i, c in enumerate(words.CLASSES)}
-_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> scheme, specials, rows
 
 
 def token_classes(ctx: Context, ids: torch.Tensor) -> tuple[torch.Tensor, list[list[str]]]:
@@ -26,27 +29,13 @@ def token_classes(ctx: Context, ids: torch.Tensor) -> tuple[torch.Tensor, list[l
     tok = ctx.lm.tokenizer
     if tok is None:
         raise ClaimInvalid(f"{ctx.lm.name} has no tokenizer: tokens cannot be classed as function or content words")
-    try:
-        entry = _TOKENIZERS.get(tok)
-    except TypeError:  # not weak-referenceable: no cache
-        entry = None
-    if entry is None:
-        entry = {"scheme": words.detect_scheme(tok.get_vocab()), "specials": frozenset(tok.all_special_tokens),
-                 "rows": {}, "fw": words.load_function_words()}
-        try:
-            _TOKENIZERS[tok] = entry
-        except TypeError:
-            pass
+    scheme, specials, fw = words.detect_scheme(tok.get_vocab()), frozenset(tok.all_special_tokens), \
+        words.load_function_words()
     codes, texts = [], []
     for row in ids.tolist():
-        key = tuple(row)
-        if key not in entry["rows"]:  # a bootstrap re-reads the same rows 200 times
-            toks = tok.convert_ids_to_tokens(row)
-            cls = words.classify(toks, scheme=entry["scheme"], function_words=entry["fw"], specials=entry["specials"])
-            entry["rows"][key] = ([CODE[c] for c in cls], [words.word_text(t, entry["scheme"]) for t in toks])
-        c, t = entry["rows"][key]
-        codes.append(c)
-        texts.append(t)
+        toks = tok.convert_ids_to_tokens(row)
+        codes.append([CODE[c] for c in words.classify(toks, scheme=scheme, function_words=fw, specials=specials)])
+        texts.append([words.word_text(t, scheme) for t in toks])
     return torch.tensor(codes, dtype=torch.long).reshape(ids.shape), texts
 
 
@@ -55,28 +44,58 @@ def _top(texts: list[list[str]], mask: torch.Tensor, k: int = 20) -> dict[str, i
     return {repr(w) if w.strip() != w or not w else w: c for w, c in counts.most_common(k)}
 
 
-def alignment(ctx: Context, p: dict) -> dict:
-    """cos(h_t, v1) for function- vs content-word tokens (position 0 left out), both |.| and signed."""
-    if p.get("alignment", "abs") not in ("abs", "signed"):
-        raise ClaimInvalid(f"params.alignment must be 'abs' or 'signed', not {p['alignment']!r}")
-    d = projection_data(ctx, p)
-    ids = d["input_ids"]
-    a = svd.cosine_to(d["h"], d["sing"].right[:, 0]).reshape(ids.shape)  # (N, T)
-    codes, texts = token_classes(ctx, ids)
-    not_first = torch.arange(ids.shape[1]) > 0
-    f, c = (codes == CODE["function"]) & not_first, (codes == CODE["content"]) & not_first
-    if int(f.sum()) < 2 or int(c.sum()) < 2:
-        raise ClaimInvalid(f"too few classed tokens to compare: {int(f.sum())} function, {int(c.sum())} content")
-    ab, sg = svd.compare_groups(a.abs()[f], a.abs()[c]), svd.compare_groups(a[f], a[c])
-    values = {"layer": d["layer"], "n_function": ab["n_a"], "n_content": ab["n_b"],
-              "function_mean_abs": ab["mean_a"], "content_mean_abs": ab["mean_b"], "mean_ratio": ab["ratio"],
-              "d_abs": ab["d"], "function_mean": sg["mean_a"], "content_mean": sg["mean_b"], "d_signed": sg["d"],
-              "pos0_mean_abs": float(a[:, 0].abs().mean())}
-    values["d"] = values["d_abs"] if p.get("alignment", "abs") == "abs" else values["d_signed"]
-    details = {"counts": {k: int((codes == i).sum()) for k, i in CODE.items()},
-               "top_function": _top(texts, f), "top_content": _top(texts, c),
-               "abs": ab, "signed": sg, "alignment": p.get("alignment", "abs")}
-    return {"values": values, "details": details}
+def _pick(texts: list, idx) -> list:
+    return texts if idx is None else [texts[i] for i in idx.tolist()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignParams(AtLayer):
+    alignment: Literal["abs", "signed"] = "abs"
+
+
+def alignment(ctx: Context, p: AlignParams):
+    """A function idx -> (values, details): cos(h, v1) of function vs content words (position 0 out)."""
+    d = projection(ctx, p)
+    N, T = d.out.shape
+    cos = svd.cosine_to(d.h_rows, d.sing.right[:, 0]).reshape(N, T)
+    codes_all, texts_all = token_classes(ctx, d.input_ids)
+    not_first = torch.arange(T) > 0
+
+    def measure(idx):
+        a, codes = (cos, codes_all) if idx is None else (cos[idx], codes_all[idx])
+        f, c = (codes == CODE["function"]) & not_first, (codes == CODE["content"]) & not_first
+        if int(f.sum()) < 2 or int(c.sum()) < 2:
+            raise ClaimInvalid(f"too few classed tokens to compare: {int(f.sum())} function, {int(c.sum())} content")
+        ab, sg = svd.compare_groups(a.abs()[f], a.abs()[c]), svd.compare_groups(a[f], a[c])
+        values = {"layer": d.layer, "n_function": ab["n_a"], "n_content": ab["n_b"],
+                  "function_mean_abs": ab["mean_a"], "content_mean_abs": ab["mean_b"], "mean_ratio": ab["ratio"],
+                  "d_abs": ab["d"], "function_mean": sg["mean_a"], "content_mean": sg["mean_b"], "d_signed": sg["d"],
+                  "pos0_mean_abs": float(a[:, 0].abs().mean())}
+        values["d"] = values["d_abs"] if p.alignment == "abs" else values["d_signed"]
+        return values, (a, codes, f, c, ab, sg)
+
+    def details():
+        values, (a, codes, f, c, ab, sg) = measure(None)
+        return ({"counts": {k: int((codes == i).sum()) for k, i in CODE.items()},
+                 "top_function": _top(texts_all, f), "top_content": _top(texts_all, c),
+                 "abs": ab, "signed": sg, "alignment": p.alignment},
+                _cos_figure(ctx, a, f, c, d.layer, p.alignment))
+
+    return measure, details, N, d.layer
+
+
+def _cos_figure(ctx: Context, a: torch.Tensor, f: torch.Tensor, c: torch.Tensor, layer: int, kind: str):
+    vals = {"function words": a[f], "content words": a[c]}
+    if kind == "abs":
+        vals = {k: v.abs() for k, v in vals.items()}
+    lo, hi = min(float(v.min()) for v in vals.values()), max(float(v.max()) for v in vals.values())
+    edges = torch.linspace(lo, hi if hi > lo else lo + 1e-9, 41, dtype=torch.float64)
+    return fig.Histogram(
+        title=f"{ctx.lm.name}: {'|cos|' if kind == 'abs' else 'cos'}(h, v1) at layer {layer}", edges=edges.tolist(),
+        counts={k: torch.histogram(v.double(), bins=edges).hist.tolist() for k, v in vals.items()},
+        x_label=f"{'|cos|' if kind == 'abs' else 'cos'}(h, v1)", density=True,
+        caption="distribution over tokens (position 0 left out) of the cosine between the down projection's input "
+                "and its top right-singular vector")
 
 
 def _alignment_summary(v: dict, kind: str) -> str:
@@ -85,60 +104,106 @@ def _alignment_summary(v: dict, kind: str) -> str:
             f"Cohen's d {kind} {v['d']:.3f} (signed means {v['function_mean']:.4f} vs {v['content_mean']:.4f})")
 
 
-@check("min_d", "min_mean_ratio", "min_abs", "min_ratio")
-def svd_function_words_align(ctx: Context, p: dict) -> Measurement:
-    m = alignment(ctx, p)
-    v = m["values"]
-    holds = v["d"] >= p["min_d"] and v["mean_ratio"] >= p["min_mean_ratio"]
-    return Measurement(holds=holds, primary="d", summary=_alignment_summary(v, p.get("alignment", "abs")),
-                       values=v, details=m["details"],
-                       reason="" if holds else f"needs d >= {p['min_d']:g} and mean ratio >= {p['min_mean_ratio']:g}: "
+@dataclass(frozen=True, kw_only=True)
+class AlignsParams(AlignParams):
+    min_d: float
+    min_mean_ratio: float
+
+
+NEEDS_PROJECTION = [PROFILE, TOP_FEATURE]
+
+
+@check(AlignsParams, needs=NEEDS_PROJECTION)
+def svd_function_words_align(ctx: Context, p: AlignsParams) -> Measurement:
+    measure, details, n, layer = alignment(ctx, p)
+
+    def decide(idx):
+        v, _ = measure(idx)
+        holds = v["d"] >= p.min_d and v["mean_ratio"] >= p.min_mean_ratio
+        return Outcome(holds=holds, primary="d", summary=_alignment_summary(v, p.alignment), values=v,
+                       reason="" if holds else f"needs d >= {p.min_d:g} and mean ratio >= {p.min_mean_ratio:g}: "
                                                f"d {v['d']:.3f}, ratio {v['mean_ratio']:.2f}")
 
-
-@check("max_abs_d", "min_abs", "min_ratio")
-def svd_function_words_no_difference(ctx: Context, p: dict) -> Measurement:
-    m = alignment(ctx, p)
-    v = m["values"]
-    holds = abs(v["d"]) < p["max_abs_d"]
-    return Measurement(holds=holds, primary="d", summary=_alignment_summary(v, p.get("alignment", "abs")),
-                       values=v, details=m["details"],
-                       reason="" if holds else f"|d| {abs(v['d']):.3f} >= {p['max_abs_d']:g}: the groups differ")
+    det, figure = details()
+    return Measurement(decide, n=n, bound={"op": ">=", "value": p.min_d, "abs": False}, selections={"layer": layer},
+                       details=det, figures=[figure])
 
 
-@check("min_abs", "min_ratio", "min_share")
-def massive_tokens(ctx: Context, p: dict) -> Measurement:
-    r = ctx.run()
-    layers = massive_layers(profile(r, ctx.lm.n_layers), p)
-    if not layers:
+@dataclass(frozen=True, kw_only=True)
+class NoDifferenceParams(AlignParams):
+    max_abs_d: float
+
+
+@check(NoDifferenceParams, needs=NEEDS_PROJECTION)
+def svd_function_words_no_difference(ctx: Context, p: NoDifferenceParams) -> Measurement:
+    measure, details, n, layer = alignment(ctx, p)
+
+    def decide(idx):
+        v, _ = measure(idx)
+        holds = abs(v["d"]) < p.max_abs_d
+        return Outcome(holds=holds, primary="d", summary=_alignment_summary(v, p.alignment), values=v,
+                       reason="" if holds else f"|d| {abs(v['d']):.3f} >= {p.max_abs_d:g}: the groups differ")
+
+    det, figure = details()
+    return Measurement(decide, n=n, bound={"op": "<", "value": p.max_abs_d, "abs": True}, selections={"layer": layer},
+                       details=det, figures=[figure])
+
+
+TOKENS = PROFILE | want("block.*", "token_max")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokensParams(MassiveDef):
+    min_share: float
+
+
+@check(TokensParams, needs=[TOKENS])
+def massive_tokens(ctx: Context, p: TokensParams) -> Measurement:
+    r_all = ctx.run(TOKENS)
+    if not massive_layers(profile(r_all, ctx.lm.n_layers), p):
         raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations: no token to locate")
-    hit = torch.zeros_like(r.input_ids, dtype=torch.bool)  # (N, T): massive at some massive layer
-    pos0_pairs = 0
-    for l in layers:
-        tm, med = r.stat(f"block.{l}", "token_max"), r.stat(f"block.{l}", "median")
-        m = act.massive_mask(tm, med[:, None], min_abs=p["min_abs"], min_ratio=p["min_ratio"])
-        hit |= m
-        pos0_pairs += int(m[:, 0].sum())
-    n = int(hit.sum())
-    if n == 0:
-        raise ClaimInvalid(f"layers {layers} are massive on average but no single token reaches the threshold")
-    codes, texts = token_classes(ctx, r.input_ids)
-    rest = hit.clone()
-    rest[:, 0] = False
-    at0, n_rest = n - int(rest.sum()), int(rest.sum())
-    fd = rest & ((codes == CODE["function"]) | (codes == CODE["delimiter"]))
-    explained = (at0 + int(fd.sum())) / n
-    holds = explained >= p["min_share"]
-    by_class = {k: int((rest & (codes == i)).sum()) for k, i in CODE.items()}
-    return Measurement(
-        holds=holds, primary="explained",
-        summary=f"{n} massive token positions over layers {layers[0]}-{layers[-1]}: {at0} at position 0; of the "
-                f"other {n_rest}: {by_class}; on position 0 or a function word/delimiter: {explained:.0%}",
-        values={"explained": explained, "n_positions": n, "share_pos0": at0 / n,
-                "pos0_pair_share": pos0_pairs / (len(layers) * len(hit)),
-                # among the positions other than 0 (absent when there are none)
-                **({"share_function_rest": int(fd.sum()) / n_rest} if n_rest else {})},
-        reason="" if holds else f"{1 - explained:.0%} of massive positions are neither position 0 nor a function "
-                                f"word/delimiter (needs >= {p['min_share']:.0%})",
-        details={"layers": layers, "rest_by_class": by_class, "top_rest": _top(texts, rest),
-                 "top_rest_unexplained": _top(texts, rest & ~fd)})
+    codes_all, texts_all = token_classes(ctx, r_all.input_ids)
+
+    def measure(idx):
+        r = r_all.select(idx)
+        layers = massive_layers(profile(r, ctx.lm.n_layers), p)
+        if not layers:
+            raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations: no token to locate")
+        hit = torch.zeros_like(r.input_ids, dtype=torch.bool)  # (N, T): massive at some massive layer
+        pos0_pairs = 0
+        for l in layers:
+            tm, med = r.stat(f"block.{l}", "token_max"), r.stat(f"block.{l}", "median")
+            m = act.massive_mask(tm, med[:, None], min_abs=p.min_abs, min_ratio=p.min_ratio)
+            hit |= m
+            pos0_pairs += int(m[:, 0].sum())
+        n = int(hit.sum())
+        if n == 0:
+            raise ClaimInvalid(f"layers {layers} are massive on average but no single token reaches the threshold")
+        codes = codes_all if idx is None else codes_all[idx]
+        rest = hit.clone()
+        rest[:, 0] = False
+        fd = rest & ((codes == CODE["function"]) | (codes == CODE["delimiter"]))
+        return layers, hit, pos0_pairs, n, codes, rest, fd
+
+    def decide(idx):
+        layers, hit, pos0_pairs, n, codes, rest, fd = measure(idx)
+        at0, n_rest = n - int(rest.sum()), int(rest.sum())
+        explained = (at0 + int(fd.sum())) / n
+        holds = explained >= p.min_share
+        by_class = {k: int((rest & (codes == i)).sum()) for k, i in CODE.items()}
+        return Outcome(
+            holds=holds, primary="explained",
+            summary=f"{n} massive token positions over layers {layers[0]}-{layers[-1]}: {at0} at position 0; of the "
+                    f"other {n_rest}: {by_class}; on position 0 or a function word/delimiter: {explained:.0%}",
+            values={"explained": explained, "n_positions": n, "share_pos0": at0 / n,
+                    "pos0_pair_share": pos0_pairs / (len(layers) * len(hit)),
+                    # among the positions other than 0 (absent when there are none)
+                    **({"share_function_rest": int(fd.sum()) / n_rest} if n_rest else {})},
+            reason="" if holds else f"{1 - explained:.0%} of massive positions are neither position 0 nor a function "
+                                    f"word/delimiter (needs >= {p.min_share:.0%})")
+
+    layers, hit, _, _, codes, rest, fd = measure(None)
+    return Measurement(decide, n=r_all.n, unit="%", bound={"op": ">=", "value": p.min_share, "abs": False},
+                       details={"layers": layers, "rest_by_class": {k: int((rest & (codes == i)).sum())
+                                                                    for k, i in CODE.items()},
+                                "top_rest": _top(texts_all, rest), "top_rest_unexplained": _top(texts_all, rest & ~fd)})
