@@ -73,13 +73,24 @@ def new_run_dir(report_dir: Path) -> Path:
     return path
 
 
-def write_results(path: Path, doc: dict) -> None:
-    """Atomic write: a reader never sees half a file."""
+def atomic_write(path: Path, text: str) -> Path:
+    """Write ``text`` so that a reader never sees half a file; readable by all, like any report."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_results(path: Path, doc: dict) -> None:
+    atomic_write(path, json.dumps(doc, indent=1, default=_jsonable))
 
 
 def read_results(path: Path) -> dict:
@@ -95,3 +106,56 @@ def _jsonable(x):
     if isinstance(x, (set, tuple)):
         return list(x)
     return str(x)
+
+
+class Run:
+    """A run as the controller sees it: the entries the items' reports carry, and provenance.
+
+    Under pytest-xdist the workers judge and the controller assembles; serially one process
+    does both. ``write`` rewrites results.json atomically, so a run cut off keeps what finished.
+    """
+
+    def __init__(self, *, report_dir: Path | None, provenance: dict):
+        self.report_dir = report_dir  # None: write nothing
+        self.run_dir: Path | None = None  # made at the first result, so a run without claims writes nothing
+        self.provenance = provenance  # started, command, git commit, versions, resamples: computed once
+        self.entries: dict[str, dict] = {}  # node id -> entry, in the order items finished
+        self.models: dict[str, dict] = {}
+        self.corpus: dict = {}
+        self.engines: dict[str, dict] = {}  # worker -> its pass counters
+        self.expected: set[str] | None = None  # node ids collected: complete means every one was judged
+
+    def add(self, entry: dict, context: dict) -> None:
+        """One item's entry, with what its process knew: models loaded, corpus, pass counters."""
+        self.entries[entry["nodeid"]] = entry
+        for spec, info in context.get("models", {}).items():
+            if info:
+                self.models[spec] = info
+        self.corpus = context.get("corpus") or self.corpus
+        if "engine" in context:
+            self.engines[context.get("worker", "main")] = context["engine"]
+
+    @property
+    def results(self) -> list[dict]:
+        return list(self.entries.values())
+
+    def missing(self) -> list[str]:
+        """Collected items with no entry."""
+        return sorted((self.expected or set()) - set(self.entries))
+
+    def document(self, *, complete: bool, wall_seconds: float) -> dict:
+        engines = self.engines.values()
+        return {"schema": SCHEMA, "complete": complete, **self.provenance, "wall_seconds": round(wall_seconds, 1),
+                "forward_passes": sum(e["passes"] for e in engines), "samples_run": sum(e["samples"] for e in engines),
+                "pass_seconds": round(sum(e["seconds"] for e in engines), 1), "corpus": self.corpus,
+                "models": self.models, "results": self.results}
+
+    def write(self, *, complete: bool, wall_seconds: float) -> dict | None:
+        """Write results.json; returns the document written, or None when nothing was."""
+        if self.report_dir is None or not self.entries:
+            return None
+        if self.run_dir is None:
+            self.run_dir = new_run_dir(self.report_dir)
+        doc = self.document(complete=complete, wall_seconds=wall_seconds)
+        write_results(self.run_dir / "results.json", doc)
+        return doc
