@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import torch
 
 from massact.errors import CorpusError, SequenceTooLong
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
+DEFAULT_CORPUS = Path(str(files("massact.fixtures") / "corpus"))  # package data: installed with massact
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
-FUNCTION_WORDS = Path(__file__).resolve().parents[2] / "fixtures" / "function_words.txt"
+FUNCTION_WORDS = Path(str(files("massact.fixtures") / "function_words.txt"))
 CLASSES = ("function", "content", "delimiter", "other")
 SCHEMES = ("bytelevel", "sentencepiece", "wordpiece", "plain")
 _SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
