@@ -1,5 +1,5 @@
-"""report.html: rendered from a synthetic results document with every figure, and from a real
-run of the plugin on a tiny saved model; self-contained, small, valid SVG, no torch."""
+"""report.html: rendered from a hand-built two-model document with every verdict and figure kind, from
+a real schema-1 run, and by the plugin on a tiny saved model; self-contained, small, no torch."""
 from __future__ import annotations
 
 import copy
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from builders import save_tiny, tiny_model
-from massact.report import figures as fig
 from massact.report import html
+from report_doc import REAL_SCHEMA1, results_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIMS = ROOT / "claims"
@@ -23,7 +23,8 @@ SVG_NS = "{http://www.w3.org/2000/svg}"
 
 
 def synthetic_doc() -> dict:
-    """A results document carrying every kind of figure data, and every kind of row."""
+    """A schema-1 results document (as runs before figure records wrote them): one model, its figure
+    data in details and models.<spec>.prompt_activations. The baseline diff's tests use it too."""
     L, H = 12, 6
     top1 = [3.0, 40.0] + [2500.0] * (L - 3) + [300.0]
     profile = {"top1": top1, "top2": [t / 4 for t in top1], "top3": [t / 8 for t in top1],
@@ -87,68 +88,156 @@ def svgs(page: str) -> list[ET.Element]:
     return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, re.S)]
 
 
-def test_synthetic_report_has_every_row_verdict_figure_and_provenance(tmp_path):
-    doc = synthetic_doc()
-    path = html.write_report(doc, tmp_path / "report.html")
-    page = path.read_text()
-    for r in doc["results"]:
-        assert r["claim"] in page and r["verdict"] in page
-    assert "documented on gpt2; this item&#x27;s model is toy-12l" in page  # skipped, with its reason
-    assert "worst_change = 0.28" in page and "95% CI [0.266, 0.294]" in page
-    assert "random direction: <b" in page and "also holds" in page  # a control's outcome
-    for needle in ("c0ffee" * 10, "toy-12l", "llama", "float32", "0123456789abcdef", "2.13.0", "ab" * 32,
-                   "forward passes", "12.5"):
-        assert needle in page, needle
-    figures = svgs(page)
-    assert len(figures) == 7  # profile, 3D bars, ablation, MLP flow, SVD scatter, heatmap, head types
-    assert all(f.tag == f"{SVG_NS}svg" and f.get("viewBox") for f in figures)
-    titles = " | ".join(f.find(f"{SVG_NS}title").text for f in figures)
-    for t in ("per layer", "at layer 2", "MLP checkpoints", "projection", "first token", "head types"):
-        assert t in titles
-    assert "not measured in this run" not in page
-    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+BLOCK = r"</?(?:p|div|li|ul|dl|dt|dd|tr|td|th|h\d|pre|table|section|article|summary|details)\b[^>]*>"
 
 
-def test_absent_figures_are_noted_and_incomplete_runs_flagged():
-    doc = synthetic_doc()
-    doc["complete"] = False
-    doc["results"] = doc["results"][:1]
-    del doc["models"]["toy-12l"]["prompt_activations"]
+def text(page: str) -> str:
+    """The page's text: block tags as spaces, inline ones dropped, whitespace folded (entities kept)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", re.sub(BLOCK, " ", page))).strip()
+
+
+def section(page: str, ident: str) -> str:
+    return re.search(rf'<section id="{ident}">(.*?)</section>', page, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    return html.render(results_doc())
+
+
+def test_at_a_glance_comes_first_worst_first(page):
+    assert page.index('id="glance"') < page.index('id="compared"') < page.index('id="verdicts"')
+    glance = text(re.search(r'<ul class="glance">(.*?)</ul>', page, re.S).group(1))
+    order = [glance.index(v) for v in ("refuted massive.exists/general", "inconclusive ablate.top_vs_bottom_heads",
+                                       "non-specific ablate.top_vs_bottom_heads", "1 invalid", "3 hold")]
+    assert order == sorted(order)
+    assert "49.0x [41.0x, 57.5x] vs ≥ 1000x — top-1/median 49x &lt; 1000x at every layer" in glance
+    assert "28.8% [25.9%, 32.2%] vs within ±2%" in glance  # one unit: fractions shown as percent
+    assert "4 verdict(s) differ from the claim records' expectations" in text(section(page, "glance"))
+
+
+def test_banner_says_what_was_compared_and_what_the_weights_are(page):
+    banner = text(re.search(r'<div class="banner" id="compared">(.*?)</div>', page, re.S).group(1))
+    assert "Compared 0 of 4 documented-value forms" in banner
+    assert "4 were not compared: their numbers were measured on gpt2, and this run's models are smollm2-135m, " \
+           "minilm-l6 (run with --model gpt2 to compare them)" in banner
+    assert "smollm2-135m: SmolLM2-135M-Instruct, Q4_1 GGUF, dequantized to float32" in banner
+    assert "gpt2: not loaded (ModelUnavailable:" in banner
+
+
+def test_every_row_has_strip_expectation_and_a_link_to_its_section_and_back(page):
+    rows = re.findall(r'<tr id="row-([^"]+)">(.*?)</tr>', section(page, "verdicts"), re.S)
+    assert len(rows) == len([e for e in results_doc()["results"] if e["verdict"] != "skipped"])
+    for ident, row in rows:
+        assert f'href="#item-{ident}"' in row
+        item = re.search(rf'<article class="item" id="item-{ident}">(.*?)</article>', page, re.S).group(1)
+        assert f'href="#row-{ident}"' in item
+    assert "as recorded" not in page and page.count("matches expectation") >= 8
+    measured = [r for _, r in rows if 'class="num"' in r]
+    assert all('class="strip"' in r for r in measured)
+    (ablate,) = [r for i, r in rows if i == "ablate-attention-all-general-smollm2-135m"]
+    # the interval as a bar, the bounds -2 % and +2 % as ticks, the region where it holds shaded
+    assert ablate.count('class="tick"') == 2 and 'class="ok"' in ablate and 'class="iv"' in ablate
+
+
+def test_claim_sections_carry_figures_values_controls_params_selections(page):
+    article = re.search(r'<article class="item" id="item-svd-projection-r2-correct-method-smollm2-135m">(.*?)'
+                        r"</article>", page, re.S).group(1)
+    body = text(article)
+    assert "layer = 11; dim = 507" in body and "the interval is conditional on these" in body
+    assert "v2: fails, as it should" in body and "R^2 1.0000 rests on 64 high-leverage tokens" in body
+    assert len(svgs(article)) == 1
+    ablate = re.search(r'id="item-ablate-attention-all-general-smollm2-135m">(.*?)</article>', page, re.S).group(1)
+    assert "values (18)" in ablate and "change.27" in ablate
+    claim = re.search(r'<section class="claim" id="claim-massive-exists">(.*?)</section>', page, re.S).group(1)
+    assert "The statement of massive.exists" in claim and "005 Exp1" in claim and "ratio = 1000" in claim
+
+
+def test_claims_by_models_table(page):
+    matrix = section(page, "matrix")
+    assert re.findall(r"<th>(.*?)</th>", matrix) == ["claim / variant", "smollm2-135m", "minilm-l6", "document"]
+    row = re.search(r"<tr><td>massive.<wbr>exists/<wbr>general</td>(.*?)</tr>", matrix).group(1)
+    assert re.findall(r">(holds|refuted)</a>", row) == ["holds", "refuted"]
+
+
+def test_provenance(page):
+    prov = text(section(page, "provenance"))
+    for needle in ("pytest claims/ --model smollm2-135m --model minilm-l6 --html=out.html",
+                   "2500ea2d017df09244b2033406467752d8b1f5ba with uncommitted changes", "e1" * 32,
+                   "available: 412, run: 50", "b1" * 32, "torch 2.13.0+cpu", "forward passes 43"):
+        assert needle in prov, needle
+
+
+def test_self_contained_and_escaped():
+    doc = results_doc()
+    doc["results"][0]["reason"] = "<script>alert(1)</script>"
     page = html.render(doc)
-    assert len(svgs(page)) == 1
-    assert "MLP checkpoint flow: not measured in this run" in page
-    assert "did not finish" in page
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    for pattern in (r"<link\b", r"@import", r"url\(\s*['\"]?(https?:|//)", r"\bsrc=\"(https?:|//)"):
+        assert not re.search(pattern, page), pattern
 
 
-def test_figures_handle_degenerate_input():
-    for svg in (fig.line_plot({"a": [0.0, float("nan"), 1.0]}, title="t", log_y=True),
-                fig.line_plot({}, title="empty"),
-                fig.grouped_bars([], {}, title="none"),
-                fig.heatmap([], title="empty"),
-                fig.heatmap([[float("nan"), 1.0], [0.5]], title="ragged <&>"),
-                fig.scatter({"p": ([], [])}, title="no points"),
-                fig.bars3d([[0.0]], rows=["<tok>"], cols=["0"], title="flat")):
-        ET.fromstring(svg)
-    assert fig.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert fig.fmt(123456.0) == "1.2e5" and fig.fmt(0.5) == "0.5"
+def test_each_distinct_figure_drawn_once():
+    doc = results_doc()
+    page = html.render(doc)
+    figures = svgs(page)
+    assert len(figures) == sum(len(e.get("figures") or []) for e in doc["results"]) == 6
+    assert all(f.tag == f"{SVG_NS}svg" and f.get("viewBox") for f in figures)
+    doc["results"][1]["figures"] = copy.deepcopy(doc["results"][0]["figures"])  # the same profile again
+    page = html.render(doc)
+    assert len(svgs(page)) == 6 and page.count("The same figure as") == 2
 
 
-def test_large_run_stays_small():
-    doc = synthetic_doc()
-    big = doc["results"][5]["details"]["scatter"]
-    big["x"], big["y"] = [i * 1e-3 for i in range(200_000)], [i * 2e-3 for i in range(200_000)]
-    doc["results"] = [copy.deepcopy(r) | {"model": f"m{i}"} for i in range(6) for r in doc["results"]]
-    assert len(html.render(doc).encode()) < 5_000_000
+def test_incomplete_runs_are_flagged():
+    doc = results_doc()
+    doc["complete"] = False
+    assert "This run did not finish" in html.render(doc)
+
+
+def test_schema1_documents_render():
+    page = html.render(synthetic_doc())
+    assert svgs(page) == []  # schema 1 carried no figure records
+    assert "marks no documented-value forms (results schema 1)" in page
+    assert "not recorded in this results document (schema 1)" in page
+    assert "0.28 [0.266, 0.294]" in page  # no unit known: the plain number
+    assert "documented on gpt2; this item&#39;s model is toy-12l" in page
+
+
+@pytest.mark.skipif(not REAL_SCHEMA1.exists(), reason=f"{REAL_SCHEMA1} is not on this machine")
+def test_a_real_schema1_run_renders():
+    doc = json.loads(REAL_SCHEMA1.read_text())
+    page = html.render(doc)
+    assert all(e["claim"] in page for e in doc["results"])
+    assert "38</b> skipped" not in page and page.count('<details><summary><b>19</b> skipped') == 2
+
+
+def test_two_model_report_stays_under_5_mb(tmp_path):
+    """Every item that ran carries figures (drawn apart: each made distinct), two models, as in a full run."""
+    doc = results_doc()
+    kinds = [f for e in doc["results"] for f in e.get("figures", [])]
+    ran = [e for e in doc["results"] if e["verdict"] not in ("skipped", "bad-record")]
+    results = []
+    for copy_no in range(5):  # ~60 items, as many as a two-model run of the claims
+        for e in ran:
+            e = copy.deepcopy(e) | {"claim": f"{e['claim']}{copy_no}"}
+            e["figures"] = [copy.deepcopy(kinds[(copy_no + i) % len(kinds)]) | {"title": f"{e['claim']} {i}"}
+                            for i in range(2)]
+            results.append(e)
+    doc["results"] = results + doc["results"]
+    path = html.write_report(doc, tmp_path / "report.html")
+    size = path.stat().st_size
+    print(f"two-model report with {len(svgs(path.read_text()))} figures: {size / 1e6:.2f} MB")
+    assert size < 5_000_000
 
 
 def test_render_never_imports_torch():
-    code = ("import sys, massact.report.html, massact.report.diff, massact.__main__; "
+    code = ("import sys, massact.report.html, massact.report.diff, massact.report.terminal, massact.__main__; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_cli_rerenders_the_report(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps(synthetic_doc()))
+    (tmp_path / "results.json").write_text(json.dumps(results_doc()))
     res = subprocess.run([sys.executable, "-m", "massact", "report", str(tmp_path / "results.json"), "-o",
                           str(tmp_path / "out.html")], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
@@ -183,13 +272,7 @@ def test_real_run_writes_report_beside_results(pytester, claims_dir, tiny):
     assert len(page.encode()) < 5_000_000
     for r in doc["results"]:
         assert r["claim"] in page
-    assert doc["models"][str(tiny)]["weights_sha256"] in page
-    pa = doc["models"][str(tiny)]["prompt_activations"]
-    assert len(pa["tokens"]) == len("Summer is warm. Winter is cold.")  # a character tokenizer
-    assert len(pa["values"]) == len(pa["tokens"]) and len(pa["values"][0]) == len(pa["features"]) == 24
-    assert 0 <= pa["layer"] < 2
-    figures = svgs(page)
-    assert len(figures) >= 2  # profile and 3D bars; the random model has no massive layer to ablate
+    assert len(svgs(page)) == sum(len(r.get("figures") or []) for r in doc["results"])
 
 
 def test_interrupted_run_still_writes_the_report(pytester, claims_dir, tiny):
@@ -207,4 +290,3 @@ def test_interrupted_run_still_writes_the_report(pytester, claims_dir, tiny):
     assert doc["complete"] is False and len(doc["results"]) == 1
     page = (run_dir / "report.html").read_text()
     assert "did not finish" in page and doc["results"][0]["claim"] in page
-    assert "prompt_activations" not in doc["models"][str(tiny)]  # no extra pass after Ctrl-C

@@ -1,0 +1,116 @@
+"""The report's figures: every kind of figure record drawn as small, valid, deterministic SVG."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from massact.figures import KINDS, Bars, Bars3D, Heatmap, Histogram, Lines, Scatter, ScatterPanel
+from massact.report.figures import draw
+from report_doc import results_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def every_figure() -> list[dict]:
+    return [f for e in results_doc()["results"] for f in e.get("figures", [])]
+
+
+def texts(svg: str) -> list[str]:
+    return [t.text or "" for t in ET.fromstring(svg).iter(f"{SVG}text")]
+
+
+def test_the_fixture_has_every_kind():
+    assert {f["kind"] for f in every_figure()} == set(KINDS)
+
+
+@pytest.mark.parametrize("figure", every_figure(), ids=lambda f: f["kind"])
+def test_each_kind_draws_small_valid_svg_with_text_as_text(figure):
+    svg = draw(figure)
+    root = ET.fromstring(svg)  # well-formed, one element
+    assert root.tag == f"{SVG}svg" and root.get("viewBox")
+    assert root.find(f"{SVG}title").text == figure["title"]
+    assert not svg.startswith("<?xml") and "<!DOCTYPE" not in svg
+    assert "dc:date" not in svg and "matplotlib.org" not in svg  # no date, no creator metadata
+    assert "DejaVuSans-" not in svg  # no embedded glyph paths: labels are <text>
+    assert "'DejaVu Sans'" in svg
+    assert len(svg) < 80_000
+    assert len(texts(svg)) > 5  # axes are labelled
+
+
+def test_identical_records_give_byte_identical_svg_across_processes():
+    figures = every_figure()
+    here = [draw(f) for f in figures]
+    assert here == [draw(f) for f in figures]
+    code = ("import json, sys; from massact.report.figures import draw; "
+            "print(json.dumps([draw(f) for f in json.load(sys.stdin)]))")
+    there = subprocess.run([sys.executable, "-c", code], input=json.dumps(figures), capture_output=True, text=True,
+                           cwd=ROOT, check=True).stdout
+    assert json.loads(there) == here
+
+
+def test_ids_do_not_collide_between_figures_on_one_page():
+    seen: dict[str, int] = {}
+    for i, f in enumerate(every_figure()):
+        for ident in re.findall(r' id="([^"]+)"', draw(f)):
+            assert seen.setdefault(ident, i) == i, f"id {ident} in figures {seen[ident]} and {i}"
+
+
+def test_drawing_changes_no_global_matplotlib_state():
+    before = dict(matplotlib.rcParams)
+    draw(every_figure()[0])
+    assert dict(matplotlib.rcParams) == before
+    code = ("import sys; from massact.report import html; "
+            "assert 'matplotlib.pyplot' not in sys.modules and 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_what_each_kind_shows():
+    by_kind = {f["kind"]: draw(f) for f in every_figure()}
+    lines = texts(by_kind["lines"])
+    assert "100" in lines and "massive layers" in lines and "documented (gpt2)" in lines
+    bars = texts(by_kind["bars"])
+    assert "+-2 % (claim)" in bars and "-60 %" in bars and any(t.endswith("%") for t in bars)  # percent axis
+    heat = texts(by_kind["heatmap"])
+    assert "attention on token 0" in heat and {"top-1", "top-2", "bottom"} <= set(heat)  # colour bar, marks
+    scatter = texts(by_kind["scatter"])
+    assert "R² = 0.9546" in scatter and "R² = 1.0000" in scatter
+    assert any("controls: R² on v2" in t for t in scatter)
+    bars3d = texts(by_kind["bars3d"])
+    assert "dim 507: 23400" in bars3d and '"Summer"' in bars3d and '" is"' in bars3d  # peak, quoted tokens
+    assert "6 std" in texts(by_kind["histogram"])
+
+
+def test_units_label_the_value_axis():
+    pct = texts(draw(Bars("t", "", categories=["a", "b"], series={"s": [0.1, -0.3]}, unit="%").to_dict()))
+    assert "10%" in pct and "0%" in pct
+    fac = texts(draw(Lines("t", "", x=[0, 1], series={"s": [10.0, 1000.0]}, unit="x", log_y=True).to_dict()))
+    assert "1000x" in fac or "1e+03x" in fac
+
+
+@pytest.mark.parametrize("figure", [
+    Lines("empty", "", x=[], series={}),
+    Lines("nan", "", x=[0, 1, 2], series={"a": [0.0, float("nan"), 1.0]}, log_y=True),
+    Bars("none", "", categories=[], series={}),
+    Heatmap("ragged <&>", "", matrix=[[float("nan"), 1.0], [0.5]], log_color=True),
+    Heatmap("empty", "", matrix=[]),
+    Scatter("no points", "", panels=[ScatterPanel("p", [], [])]),
+    Scatter("no panels", "", panels=[]),
+    Bars3D("flat", "", values=[[0.0]], rows=["<tok>"], cols=["0"]),
+    Histogram("none", "", edges=[], counts={}),
+], ids=lambda f: f.title)
+def test_degenerate_records_still_draw(figure):
+    root = ET.fromstring(draw(figure.to_dict()))
+    assert root.find(f"{SVG}title").text == figure.title
+
+
+def test_unknown_kind_is_named():
+    with pytest.raises(ValueError, match="unknown figure kind 'pie'; known: bars, bars3d"):
+        draw({"kind": "pie", "title": "t"})

@@ -1,0 +1,65 @@
+"""The nightly workflow (.github/workflows/nightly.yml): it parses, keeps results.json and report.html
+whatever happens, and its commands exist and take the options it gives them, as written."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
+
+
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def commands(job: dict) -> list[list[str]]:
+    """Every `run:` line of the job as argv, with the job's env variables put in."""
+    env = {k: str(v) for k, v in job.get("env", {}).items()}
+    out = []
+    for step in job["steps"]:
+        for line in step.get("run", "").splitlines():
+            line = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), line)
+            if line.strip():
+                out.append(shlex.split(line))
+    return out
+
+
+def test_it_runs_nightly_and_by_hand():
+    wf = workflow()
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
+
+
+def test_results_are_kept_also_when_a_verdict_changed():
+    (job,) = workflow()["jobs"].values()
+    (upload,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert upload["if"] == "always()"
+    kept = upload["with"]["path"].split()
+    claims = next(argv for argv in commands(job) if argv[0] == "scripts/claims")
+    report_dir = claims[claims.index("--report-dir") + 1]
+    baseline = claims[claims.index("--baseline") + 1]
+    assert f"{report_dir}/" in kept  # <report_dir>/<run>/results.json and report.html
+    assert f"{Path(baseline).parent}/" in kept  # a first run writes the baseline there: download and commit it
+
+
+def test_commands_exist_and_take_their_options():
+    (job,) = workflow()["jobs"].values()
+    argvs = commands(job)
+    assert [argv[0] for argv in argvs] == ["scripts/setup", "scripts/claims"]
+    for argv in argvs:
+        script = ROOT / argv[0]
+        assert script.is_file() and os.access(script, os.X_OK), f"{argv[0]} is missing or not executable"
+    claims = argvs[1]
+    assert "--baseline" in claims and "--model" in claims
+    # with --help pytest still configures massact (a bad model spec or corpus exits non-zero) but lets an
+    # unknown option pass: the help it prints must list each one
+    res = subprocess.run([*claims, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for option in (a.split("=")[0] for a in claims if a.startswith("--")):
+        assert re.search(rf"^\s+{re.escape(option)}\b", res.stdout, re.M), f"{option} is not a pytest option"
