@@ -23,7 +23,8 @@ from massact import models
 from massact.claims import RESAMPLES, BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings
 from massact.errors import MassactError, ModelUnavailable
-from massact.report import diff, html
+from massact.report import diff, html, terminal
+from massact.report import pytest_html as massact_html
 from massact.report.results import Entry, Run
 from massact.session import Session
 
@@ -85,6 +86,7 @@ def pytest_configure(config):
             report_dir = config.invocation_params.dir / report_dir
         config.pluginmanager.register(Controller(config, Run(report_dir=report_dir, provenance=_provenance(config))),
                                       "massact-controller")
+        massact_html.register(config)
 
 
 def _progress(config):
@@ -273,23 +275,14 @@ class Controller:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
-        results = self.run.results
-        if not results:
+        if not self.run.entries:
             return
         tr = terminalreporter
         tr.section("massact verdicts")
-        for r in results:
-            label = f"{r['claim']}/{r.get('variant', '')}".rstrip("/")
-            tr.write_line(f"{label:<44} {str(r.get('model') or '-'):<14} {r['verdict']:<9} "
-                          f"{r.get('summary') or r.get('reason', '')}")
-            if r["verdict"] not in ("skipped", "bad-record", "error"):
-                prim = r.get("primary")
-                if prim in r.get("intervals", {}):
-                    lo, hi = r["intervals"][prim]
-                    tr.write_line(f"{'':<68} {prim} = {r['values'][prim]:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]")
-                tr.write_line(f"{'':<68} threshold: {r['threshold']} | documented: {r['documented']}")
+        doc = self.run.document(complete=not self.run.missing(), wall_seconds=self.wall())
+        for line in terminal.summary_lines(doc, verbose=config.getoption("verbose"), width=120):
+            tr.write_line(line)
         if self.run.run_dir is not None:
-            doc = self.run.document(complete=True, wall_seconds=self.wall())
             tr.write_line(f"results: {self.run.run_dir / 'results.json'}  ({doc['forward_passes']} forward passes, "
                           f"{doc['pass_seconds']:.1f} s in passes)")
         report, baseline, failed = config.stash.get(FINISH, ("", [], False))

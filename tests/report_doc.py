@@ -3,13 +3,11 @@ every verdict, one figure of every kind, documented-value forms skipped on both 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from massact.figures import (Band, Bars, Bars3D, Fit, Heatmap, Histogram, Lines, Ref, Scatter, ScatterPanel,
                              Span)
 from massact.report.results import Entry
 
-REAL_SCHEMA1 = Path("/work/base/20261126-140951/results.json")  # a real run, where this machine has it
 L = 30  # layers of the first model
 
 

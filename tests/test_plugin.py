@@ -232,3 +232,25 @@ def test_a_wheel_installed_without_the_checkout_runs_a_claim(pytester, tmp_path,
     assert "1 failed" in res.stdout, res.stdout + res.stderr  # refuted on random weights: judged, not crashed
     doc = json.loads(next((work / "reports").glob("*/results.json")).read_text())
     assert doc["corpus"]["path"].startswith(str(site)), doc["corpus"]["path"]
+
+
+def test_the_terminal_summary_fits_120_columns(pytester, claims_dir, tiny_dir):
+    res = run(pytester, "claims", "--model", str(tiny_dir("llama")), "--model", str(tiny_dir("gpt2")))
+    out = res.stdout.lines
+    start = next(i for i, line in enumerate(out) if "massact verdicts" in line)
+    section = out[start + 1:next(i for i in range(start + 1, len(out)) if out[i].startswith(("results:", "===")))]
+    assert len(section) > 10 and max(len(line) for line in section) <= 120, "\n".join(section)
+    assert any(line.startswith("38 documented-value forms skipped: model is not gpt2") for line in section)
+
+
+def test_pytest_html_gains_the_verdict_columns_on_a_claims_run(pytester, claims_dir, tiny_dir):
+    from test_pytest_html import pytest_html_page
+
+    run(pytester, "claims", "-k", "massive.exists", "--model", str(tiny_dir("gpt2")),
+        f"--html={pytester.path / 'out.html'}")
+    head, tests = pytest_html_page(pytester.path / "out.html")
+    assert [h for h in head if "Verdict" in h or "Threshold" in h or "Documented" in h]
+    rows = {t["testId"]: t for ts in tests.values() for t in ts}
+    row = next(r for nodeid, r in rows.items() if "massive.exists/general[" in nodeid)
+    cells = " ".join(row["resultsTableRow"])
+    assert "refuted" in cells and "≥ 1" in cells

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from massact.report import figures, terminal
-from massact.report.results import Entry
+from massact.report.results import Entry, atomic_write
 from massact.report.terminal import bound_text, expectation, label, measured, number
 
 COLORS = {"holds": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#9a6700", "non-specific": "#bc4c00",
@@ -202,11 +200,4 @@ def render(doc: dict) -> str:
 
 def write_report(doc: dict, path: Path) -> Path:
     """Render ``doc`` to ``path`` atomically (a reader never sees half a page)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render(doc))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, render(doc))
