@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from massact.checks import Context
+from massact.checks.base import PROFILE
 from massact.claims import Claim, judge, load_records
-from massact.corpus import CorpusSettings, load_corpus
+from massact.corpus import CorpusSettings, load_corpus, samples
 from massact.engine import Engine
 from massact.models import load
+from massact.requests import want
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 # targets: a capture pass within 1.5x of a plain pass; every model claim, checks and bootstrap
@@ -30,7 +32,7 @@ def setup(request):
     spec = (request.config.getoption("model") or ["smollm2-135m"])[0]
     lm = load(spec)
     corpus = load_corpus(CorpusSettings(seqlen=128))
-    ids = Engine().tokens(lm, corpus, N)
+    ids = samples(corpus, lm.tokenizer, context=lm.context)[:N]
 
     def plain() -> None:
         with torch.no_grad():
@@ -51,11 +53,32 @@ def test_plain_forward(benchmark, setup):
 
 
 def test_capture_pass(benchmark, setup):
+    """The layer profile: top-3 and the median of every block output."""
     lm, corpus, _, plain_s = setup
-    benchmark.pedantic(lambda: Engine().run(lm, corpus, n=N), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: Engine().run(lm, corpus, PROFILE, n=N), rounds=3, iterations=1)
     ratio = benchmark.stats.stats.min / plain_s
     benchmark.extra_info["ratio_to_plain"] = round(ratio, 2)
     assert ratio < CAPTURE_TARGET
+
+
+def test_a_statistic_costs_only_the_passes_that_ask_for_it(benchmark, setup):
+    """The median of every MLP checkpoint is the costliest statistic: the profile pass that does
+    not ask for it costs what it cost before, while one that asks pays for it."""
+    lm, corpus, _, plain_s = setup
+    costly = PROFILE | want("mlp.*.*", "median")
+
+    def timed(request) -> float:
+        t = time.perf_counter()
+        Engine().run(lm, corpus, request, n=N)
+        return time.perf_counter() - t
+
+    profile = min(timed(PROFILE) for _ in range(3))
+    asking = min(timed(costly) for _ in range(3))
+    benchmark.pedantic(lambda: Engine().run(lm, corpus, PROFILE, n=N), rounds=3, iterations=1)
+    after = benchmark.stats.stats.min
+    benchmark.extra_info.update(profile_ratio=round(profile / plain_s, 2), asking_ratio=round(asking / plain_s, 2),
+                                profile_after_ratio=round(after / plain_s, 2))
+    assert asking > 1.2 * profile and after < 1.1 * profile
 
 
 def test_all_model_claims(benchmark, setup):
