@@ -25,7 +25,8 @@ class Adapter:
     out_proj: str  # attention output projection; a head is a slice of its *input*, (B, T, H*hd)
     mlp_out: str  # module whose output is the MLP's contribution to the residual, (B, T, D)
     # MLP checkpoints: role -> (module path, "in" | "out"); roles: input, pre_act, act, up,
-    # down_in, output. down_in is the down projection's input, (B, T, I).
+    # down_in, output, post_norm. down_in is the down projection's input, (B, T, I); post_norm is
+    # a norm between the MLP's output and the residual add, where there is one.
     mlp_checkpoints: tuple[tuple[str, str, str], ...]
     down_proj: str
     down_weight_in_out: bool  # GPT-2's Conv1D stores (in, out); nn.Linear stores (out, in)
@@ -46,6 +47,20 @@ class Adapter:
 
     def context(self, config) -> int:
         return _first_attr(config, self.context_attr)
+
+    def attention_window(self, config, layer: int) -> int | None:
+        """Keys a query of ``layer`` sees: itself and the w - 1 before it; None for all earlier keys.
+
+        transformers masks key k from query q unless k > q - w, so the first token is out of reach
+        of every query q >= w in a sliding layer. Sliding layers are those ``config.layer_types``
+        marks "sliding_attention" (Gemma 3, Qwen2); without layer_types a set
+        ``config.sliding_window`` applies to every layer (Mistral).
+        """
+        window = getattr(config, "sliding_window", None)
+        types = getattr(config, "layer_types", None)
+        if not window or (types is not None and types[layer] != "sliding_attention"):
+            return None
+        return int(window)
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.base_model.get_submodule(self.blocks)
@@ -126,6 +141,35 @@ ADAPTERS: tuple[Adapter, ...] = (
             ("up", "mlp.up_proj", "out"),
             ("down_in", "mlp.down_proj", "in"),
             ("output", "mlp.down_proj", "out"),
+        ),
+        down_proj="mlp.down_proj",
+        down_weight_in_out=False,
+    ),
+    Adapter(
+        name="gemma3",
+        model_types=("gemma3_text",),
+        blocks="layers",
+        # norms on both sides of each component: x + post_attention_layernorm(self_attn(
+        # input_layernorm(x))), then x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))).
+        # What the residual receives is the post-norm's output, so that is what zeroing a
+        # component zeroes. Pruning a head (a slice of o_proj's input) leaves the post-norm to
+        # rescale what the other heads write back to the same RMS.
+        # Block 0's input is the output of base_model.embed_tokens, already multiplied by
+        # sqrt(hidden) (25.3 at hidden 640) inside Gemma3TextScaledWordEmbedding.forward; no
+        # capture point reads it (block points are block outputs).
+        attn_out="post_attention_layernorm",
+        attn_probs="self_attn",
+        out_proj="self_attn.o_proj",  # input (B, T, 4 * 256): wider than hidden 640
+        mlp_out="post_feedforward_layernorm",
+        # gated GELU MLP: down(gelu_tanh(gate(x)) * up(x)), x = pre_feedforward_layernorm's output
+        mlp_checkpoints=(
+            ("input", "mlp", "in"),
+            ("pre_act", "mlp.gate_proj", "out"),
+            ("act", "mlp.act_fn", "out"),
+            ("up", "mlp.up_proj", "out"),
+            ("down_in", "mlp.down_proj", "in"),
+            ("output", "mlp.down_proj", "out"),
+            ("post_norm", "post_feedforward_layernorm", "out"),
         ),
         down_proj="mlp.down_proj",
         down_weight_in_out=False,

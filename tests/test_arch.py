@@ -16,6 +16,7 @@ TINY = {
     "gpt2": ("gpt2", 4, 4, 8, 32, 128),  # GPT-2's n_inner defaults to 4 * n_embd
     "gpt_neox": ("gpt_neox", 4, 4, 8, 32, 64),
     "llama": ("llama", 4, 2, 8, 32, 64),  # grouped-query attention: 2 query heads per KV head
+    "gemma3": ("gemma3", 4, 1, 16, 32, 64),  # multi-query; 4 heads x head_dim 16 = 64, wider than hidden
     "bert": ("bert", 4, 4, 8, 32, 64),
 }
 
@@ -77,7 +78,8 @@ def test_mlp_checkpoint_roles(arch_model) -> None:
     adapter = adapter_for(model.config)
     roles = adapter.checkpoint_roles()
     assert {"input", "pre_act", "act", "down_in", "output"} <= set(roles)
-    assert ("up" in roles) == (arch == "llama")  # only the gated MLP has an up projection
+    assert ("up" in roles) == (arch in ("llama", "gemma3"))  # only the gated MLPs have an up projection
+    assert ("post_norm" in roles) == (arch == "gemma3")  # a norm between the MLP and the residual
     assert all(where in ("in", "out") for _, _, where in adapter.mlp_checkpoints)
     # down_in is the down projection's input
     assert ("down_in", adapter.down_proj, "in") in adapter.mlp_checkpoints
@@ -119,7 +121,6 @@ def test_head_counts_match_config(arch_model) -> None:
     assert adapter.n_heads(model.config) == heads
     assert adapter.n_kv_heads(model.config) == kv_heads
     assert adapter.head_dim(model.config) == head_dim
-    assert adapter.n_heads(model.config) * adapter.head_dim(model.config) == hidden
     assert adapter.context(model.config) == 64
 
 
@@ -136,6 +137,65 @@ def test_out_proj_input_is_heads_times_head_dim(arch_model) -> None:
     finally:
         handle.remove()
     assert seen and seen[0][-1] == adapter.n_heads(model.config) * adapter.head_dim(model.config)
+
+
+@torch.no_grad()
+def test_residual_receives_attn_out_and_mlp_out(arch_model) -> None:
+    """A decoder block's output is its input plus what attn_out and mlp_out emit, so zeroing those
+    modules' outputs removes exactly the component (Gemma 3: the post-norms, not self_attn / mlp)."""
+    arch, model = arch_model
+    adapter = adapter_for(model.config)
+    if not adapter.is_decoder:
+        pytest.skip("BERT is post-layer-norm: the block output is LayerNorm(input + component)")
+    seen = {}
+
+    def grab(name, where):  # the hooks return None: a value returned would replace the input or output
+        def keep(x):
+            seen[name] = (x[0] if isinstance(x, tuple) else x).clone()
+        if where == "in":
+            return lambda m, args: keep(args)
+        return lambda m, args, out: keep(out)
+
+    block = adapter.block_module(model, 1)
+    hooks = [(block, "in", "block_in"), (block, "out", "block_out"),
+             (adapter.block_module(model, 1, adapter.attn_out), "out", "attn"),
+             (adapter.block_module(model, 1, adapter.mlp_out), "out", "mlp")]
+    handles = [m.register_forward_pre_hook(grab(n, w)) if w == "in" else m.register_forward_hook(grab(n, w))
+               for m, w, n in hooks]
+    try:
+        model(input_ids=torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0)))
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["attn"].shape == seen["mlp"].shape == seen["block_in"].shape
+    assert torch.allclose(seen["block_out"], seen["block_in"] + seen["attn"] + seen["mlp"], atol=1e-5)
+
+
+def test_attention_windows() -> None:
+    """Which layers slide, and how far back: from layer_types and sliding_window."""
+    gemma = tiny_model("gemma3").config
+    adapter = adapter_for(gemma)
+    assert [adapter.attention_window(gemma, l) for l in range(2)] == [8, None]
+    for arch in ("gpt2", "gpt_neox", "llama", "bert"):
+        config = tiny_model(arch).config
+        assert adapter_for(config).attention_window(config, 0) is None, arch
+    mistral = AutoConfig.for_model("mistral", sliding_window=16, num_hidden_layers=2)  # no layer_types
+    assert [adapter_for(mistral).attention_window(mistral, l) for l in range(2)] == [16, 16]
+    qwen2 = AutoConfig.for_model("qwen2", num_hidden_layers=2)  # use_sliding_window=False
+    assert adapter_for(qwen2).attention_window(qwen2, 0) is None
+
+
+@torch.no_grad()
+def test_first_token_is_masked_beyond_the_window() -> None:
+    """Query q of a sliding layer with window w sees key 0 only while q < w: its probability on the
+    first token is exactly 0 from q = w on; the global layer still attends to it."""
+    model = tiny_model("gemma3")
+    adapter = adapter_for(model.config)
+    probs = model(input_ids=torch.randint(1, 100, (1, 12), generator=torch.Generator().manual_seed(0)),
+                  output_attentions=True).attentions  # per layer (B, H, T, T)
+    w = adapter.attention_window(model.config, 0)
+    assert (probs[0][0, :, :w, 0] > 0).all() and (probs[0][0, :, w:, 0] == 0).all()
+    assert adapter.attention_window(model.config, 1) is None and (probs[1][0, :, :, 0] > 0).all()
 
 
 def test_structure_flags(arch_model) -> None:

@@ -133,7 +133,7 @@ def test_mlp_points_capture_module_tensors(arch_model) -> None:
         assert got[f"mlp.{layer}.output"]["feature_max"].shape == (2, hidden)
         assert got[f"mlp.{layer}.input"]["feature_max"].shape == (2, hidden)
         # the down projection's input is what the activation (times up, for gated MLPs) gives
-        if arch != "llama":
+        if arch not in ("llama", "gemma3"):
             assert torch.allclose(got[f"mlp.{layer}.act"]["feature_max"], got[f"mlp.{layer}.down_in"]["feature_max"])
     # the output of the down projection: check against the module itself
     down = adapter.block_module(model, 0, adapter.down_proj)

@@ -44,7 +44,7 @@ def sink_model(*, planted_head: bool = False) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "bert"])
 def test_head_claims_refuted_on_random_init(arch):
     ctx = context(tiny_model(arch), f"tiny-{arch}")
     for variant in ("documented_method", "correct_method"):

@@ -51,7 +51,7 @@ def test_checkpoints_refuted_where_attention_writes_the_outlier(planted_attn) ->
     assert v.values["max_factor"] < 10
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 def test_checkpoints_invalid_without_massive_activations(arch: str) -> None:
     v = judge(record("mlp.checkpoints"), context(tiny_model(arch), f"tiny-{arch}"))
     assert v.verdict == "invalid" and "massive" in v.reason

@@ -149,7 +149,7 @@ def test_softmax_claim_holds_and_the_printed_value_is_refuted() -> None:
 
 # ---------------------------------------------------------------- claims on controls
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "bert"])
 def test_gaussian_weights_are_not_heavy_tailed(arch: str) -> None:
     v = judge(record("outliers.weights_heavy_tailed"), context(tiny_model(arch), f"tiny-{arch}"))
     assert v.verdict == "refuted", v.summary

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import planted_gpt2, tiny_model
+from builders import SUPPORTED_ARCHS, planted_gpt2, tiny_model
 from massact.arch import adapter_for
 from massact.checks import Context
 from massact.claims import Claim, judge, load_records
@@ -97,7 +97,7 @@ def test_activation_claim_fails_when_the_largest_preactivation_is_negative():
     assert v.values["pre_act"] > 1.5 * v.values["act"]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "bert"])
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
 def test_random_init_models_have_no_massive_activations(arch):
     """The L1 control: random weights give no massive activations, so the claim is refuted."""
     v = judge(record("massive.exists"), context(tiny_model(arch), f"tiny-{arch}"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builders import planted_gpt2, save_tiny, tiny_model
+from builders import SUPPORTED_ARCHS, planted_gpt2, save_tiny, tiny_model
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 TINY = ["--nsamples", "2", "--seqlen", "32", "-p", "no:cacheprovider"]
@@ -56,7 +56,7 @@ def outcome(entry: dict) -> str:
     return "xfailed" if entry["verdict"] == entry["expected"] else "failed"
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "bert"])
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
 def test_claims_run_on_a_saved_model_of_each_architecture(pytester, claims_dir, tiny_dir, arch):
     res = run(pytester, "claims", "--model", str(tiny_dir(arch)))
     doc = results(pytester)

@@ -150,7 +150,7 @@ def test_dominant_direction_follows_the_weights() -> None:
     assert v.controls["other_layers_median"] and v.values["median_ratio_all_layers"] >= 2
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "bert"])
 def test_dominant_direction_on_random_weights(arch) -> None:
     """Random Gaussian weights have no dominant direction; without a massive layer it is invalid."""
     rec = record("svd.dominant_direction")
