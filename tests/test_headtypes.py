@@ -1,0 +1,99 @@
+"""Head statistics and the six head types: the document's formulas on attention whose answers are
+known, its rules on statistics built to land in each type, and the KV budget of each type."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from massact.metrics import headtypes as ht
+
+T = 32
+
+
+def causal(rows: torch.Tensor) -> torch.Tensor:
+    """(T, T) scores -> (1, 1, T, T) causal attention probabilities."""
+    mask = torch.ones(T, T).tril().bool()
+    return torch.softmax(rows.masked_fill(~mask, float("-inf")), dim=-1)[None, None]
+
+
+def test_uniform_attention_has_zero_kl_and_the_entropy_of_its_visible_keys() -> None:
+    p = ht.attention_profile(causal(torch.zeros(T, T)))
+    assert p["uniformity"].item() == pytest.approx(0.0, abs=1e-5)
+    assert p["entropy"].item() == pytest.approx(sum(math.log(q + 1) for q in range(T)) / T, rel=1e-5)
+    assert p["sink"].item() == pytest.approx(sum(min(4, q + 1) / (q + 1) for q in range(T)) / T, rel=1e-5)
+
+
+def test_attending_to_itself_is_local_and_self() -> None:
+    p = ht.attention_profile(causal(torch.eye(T) * 50))
+    assert p["entropy"].item() == pytest.approx(0.0, abs=1e-4)
+    assert p["local"].item() == pytest.approx(1.0, abs=1e-4)  # the document counts the query as local
+    assert p["local_excl"].item() == pytest.approx(0.0, abs=1e-4)
+    assert p["rel"][0, 0, 0].item() == pytest.approx(1.0, abs=1e-4)
+    assert p["global"].item() == pytest.approx(0.0, abs=1e-4) and p["global_excl"].item() == pytest.approx(0.0, abs=1e-4)
+    assert p["max"].item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_attending_to_the_first_token_is_sink() -> None:
+    scores = torch.zeros(T, T)
+    scores[:, 0] = 50
+    p = ht.attention_profile(causal(scores))
+    assert p["sink"].item() == pytest.approx(1.0, abs=1e-4)
+    assert p["recent"].item() == pytest.approx(0.0, abs=1e-4)
+    assert p["rel"][0, 0, 5].item() == pytest.approx(1 / T, abs=1e-4)  # only query 5 sees key 0 at distance 5
+    assert p["uniformity"].item() > 1.0
+
+
+def test_previous_token_attention_is_local_without_the_query() -> None:
+    p = ht.attention_profile(causal(torch.diag(torch.full((T - 1,), 50.0), -1)))
+    assert p["local_excl"].item() == pytest.approx((T - 1) / T, abs=1e-3)  # query 0 can only read itself
+    assert p["rel"][0, 0, 1].item() == pytest.approx((T - 1) / T, abs=1e-3)
+
+
+def stats(entropy: float, sink: float, local: float, uniformity: float = 1.0, rel=None) -> ht.HeadStats:
+    return ht.HeadStats(0, 0, entropy, 0.0, 0.5, {"sink": sink, "recent": 0.1, "local": local, "global": 0.0},
+                        sink, uniformity, rel or [0.0] * 64)
+
+
+@pytest.mark.parametrize("s, kind, strategy, budget", [
+    (stats(2.0, 0.5, 0.1, uniformity=0.05), "dead", "prune", "pruned"),
+    (stats(1.0, 0.5, 0.1), "sink_positional", "sink_window", "sink 4 + window 8"),
+    (stats(1.0, 0.1, 0.7, rel=[0.5, 0.4] + [0.0] * 62), "true_positional", "window_only", "window 8"),
+    (stats(1.0, 0.1, 0.7, rel=[0.1] * 64), "true_positional", "window_only", "window 12"),  # > 80% by distance 8
+    (stats(1.0, 0.1, 0.2), "mixed", "none", "sink 4 + window 64"),
+    (stats(2.25, 0.5, 0.1), "sink_mixed", "sink_window", "sink 4 + window 24"),  # int(16 + 16 x 0.5)
+    (stats(3.5, 0.5, 0.1), "gathering", "full", "sink 4 + window 256"),
+    (stats(2.5, 0.1, 0.1), "mixed", "none", "sink 4 + window 64"),
+], ids=["dead", "sink-positional", "true-positional", "true-positional-wide", "low-entropy-mixed", "sink-mixed",
+        "gathering", "mixed"])
+def test_the_documents_rules_and_compressor(s, kind, strategy, budget) -> None:
+    c = ht.classify(s)
+    assert (c.head_type, c.compression_strategy) == (kind, strategy)
+    assert ht.budget(c, mapping="documented").label() == budget
+    correct = ht.budget(c, mapping="correct").label()
+    assert correct == ("full" if kind in ("gathering", "mixed") else budget)
+
+
+def test_summary_counts_what_the_rules_allow() -> None:
+    classes = [ht.classify(s) for s in (stats(1.0, 0.5, 0.1), stats(2.25, 0.5, 0.1), stats(3.5, 0.5, 0.1))]
+    got = ht.summary(classes)
+    assert got["type_distribution"]["sink_positional"] == 1 and got["sink_heads"] == 2
+    assert got["limitable_heads"] == 2 and got["full_cache_heads"] == 1 and got["total_heads"] == 3
+
+
+def test_head_stats_average_over_samples_and_spread_the_entropy() -> None:
+    per = ht.attention_profile(torch.cat([causal(torch.zeros(T, T)), causal(torch.eye(T) * 50)]))
+    per = {k: v[:, None] for k, v in per.items()}  # (N=2, L=1, H=1, ...)
+    (s,) = ht.head_stats(per)
+    uniform = sum(math.log(q + 1) for q in range(T)) / T
+    assert s.mean_entropy == pytest.approx(uniform / 2, rel=1e-4)
+    assert s.std_entropy == pytest.approx(uniform / 2, rel=1e-4)
+    assert len(s.relative_position_dist) == 64
+
+
+def test_budgets_union_and_window_of_a_uniform_cache() -> None:
+    a, b = ht.Budget(4, 8), ht.Budget(0, 30)
+    assert (a | b) == ht.Budget(4, 30) and (a | ht.FULL).full and (a | ht.Budget(prune=True)) == a
+    assert ht.Budget(4, 8).kept(100) == 12 and ht.Budget(4, 8).kept(5) == 5 and ht.FULL.kept(100) == 100
+    assert ht.uniform_window(12 * 10, 10, 4) == 8
