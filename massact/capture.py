@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from massact.arch import Adapter
-from massact.errors import ActivationOverflow
+from massact.errors import ActivationOverflow, AttentionUnavailable
+from massact.metrics.headtypes import attention_profile
 
 # (module, "in" | "out", fn). "out" fns get (module, args, output) and may return a new output;
 # "in" fns get (module, args) and may return new args.
@@ -180,6 +181,27 @@ class HeadStats(Reducer):
         return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
+class HeadProfile(Reducer):
+    """Per sample and head, the head-classification statistics of attention probabilities (B, H, T, T)
+    (massact.metrics.headtypes.attention_profile), named ``hp_<statistic>``. Whole samples only:
+    reduced inside the hook, so no layer's (H, T, T) outlives its own pass through the layer."""
+
+    def __init__(self):
+        self.parts: dict[str, list[torch.Tensor]] = {}
+
+    def update(self, a, mask, absa):
+        if not mask.bool().all():
+            raise ValueError("head profiles are taken over whole samples: padding is not supported")
+        for k, v in attention_profile(a).items():
+            self.parts.setdefault(f"hp_{k}", []).append(v)
+
+    def result(self):
+        return {k: torch.cat(v) for k, v in self.parts.items()}
+
+
+HEAD_PROFILE = tuple(f"hp_{k}" for k in ("entropy", "max", "sink", "recent", "local", "local_excl", "global",
+                                         "global_excl", "uniformity", "rel"))
+
 # statistic name -> the reducer that makes it; a pass builds each reducer a point needs once
 STATISTICS: dict[str, type[Reducer]] = {
     **{name: TopK for name in ("top_abs", "top_value", "top_token", "top_feature")},
@@ -188,6 +210,7 @@ STATISTICS: dict[str, type[Reducer]] = {
     "token_max": TokenMax,
     "full": Keep,
     **{name: HeadStats for name in ("first_incl", "first_excl", "sink", "entropy")},
+    **{name: HeadProfile for name in HEAD_PROFILE},
 }
 
 
@@ -253,7 +276,11 @@ def capture(
     reducers = {p.name: make_reducers(p) for p in points}
 
     def make_fn(p: Point):
-        def feed(t: torch.Tensor) -> None:
+        def feed(t: torch.Tensor | None) -> None:
+            if t is None:
+                raise AttentionUnavailable(
+                    f"{p.name}: the attention module returned no probabilities; massact runs these passes with "
+                    "eager attention, and this model's attention gives none there: its head statistics cannot be read")
             mask = mask_ref["mask"]
             # attention probabilities (B, H, T, T) are masked by HeadStats itself
             absa = masked_abs(t, mask) if t.dim() == 3 else t.detach().float().abs()

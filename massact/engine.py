@@ -17,7 +17,7 @@ import torch
 from massact.capture import all_points
 from massact.corpus import Corpus
 from massact.models import LoadedModel
-from massact.requests import LOSS_POINT, Request, expand
+from massact.requests import KV_POINT, LOSS_POINT, Request, expand
 from massact.runners import RUNNERS
 
 
@@ -115,8 +115,8 @@ class Engine:
         cached = next((c for c in self.passes.get(kind, []) if c.covers(wants)), None)
         if cached is None:
             planned, planned_n = self.planned.pop(kind, (None, 0))
-            if planned is not None:
-                request, n_run = planned | request, max(n, planned_n)
+            if planned is not None:  # a planned count past what the source gives is a hint, not a demand
+                request, n_run = planned | request, max(n, min(planned_n, len(self._all_ids(lm, corpus, request))))
                 wants = expand(request.stats, names)
             else:
                 n_run = n
@@ -129,13 +129,16 @@ class Engine:
         return r if r.n == n else r.select(torch.arange(n))
 
     def _point_names(self, lm: LoadedModel) -> list[str]:
-        return [*all_points(lm.adapter, lm.n_layers), LOSS_POINT]
+        return [*all_points(lm.adapter, lm.n_layers), LOSS_POINT, KV_POINT]
 
-    def _ids(self, lm: LoadedModel, corpus: Corpus, request: Request, n: int) -> torch.Tensor:
+    def _all_ids(self, lm: LoadedModel, corpus: Corpus, request: Request) -> torch.Tensor:
         key = (lm.spec, request.source.key(corpus))
         if key not in self.inputs:
             self.inputs[key] = request.source.tokens(lm, corpus)
-        return request.source.take(self.inputs[key], n, corpus)
+        return self.inputs[key]
+
+    def _ids(self, lm: LoadedModel, corpus: Corpus, request: Request, n: int) -> torch.Tensor:
+        return request.source.take(self._all_ids(lm, corpus, request), n, corpus)
 
     def _run(self, lm: LoadedModel, corpus: Corpus, request: Request, wants: dict[str, frozenset[str]],
              start: int, n: int) -> PassResult:
@@ -145,7 +148,7 @@ class Engine:
         t0 = time.perf_counter()
         points = RUNNERS[request.mode](lm, ids, wants, request.intervention, eager=request.eager,
                                        batch_size=self.batch_size,
-                                       progress=lambda line: self.progress(f"{label}: {line}"))
+                                       progress=lambda line: self.progress(f"{label}: {line}"), **dict(request.options))
         seconds = time.perf_counter() - t0
         self.progress(f"pass {label}: {len(ids)} samples x {ids.shape[1]} tokens in {seconds:.1f} s "
                       f"({ids.numel() / seconds:.0f} tok/s)", final=True)

@@ -36,3 +36,7 @@ class ActivationOverflow(MassactError):
 
 class ClaimRecordError(MassactError):
     """A claim record in claims/ is malformed; the message names the field."""
+
+
+class AttentionUnavailable(MassactError):
+    """The model's attention module returned no probabilities, even in eager mode."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from importlib.resources import files
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -21,6 +23,7 @@ from massact.interventions import NONE, Intervention
 from massact.models import LoadedModel
 
 LOSS_POINT = "output"  # pseudo-point: statistic "loss" is the mean next-token NLL per sample
+KV_POINT = "kv"  # pseudo-point of the decode runners: what the KV cache held, and how fast it ran
 
 
 class Source(Protocol):
@@ -96,6 +99,81 @@ class RepeatedRandom(_Generated):
         return torch.randint(0, vocab, (self.samples, self.length), generator=g).repeat(1, self.repeats)
 
 
+LONG_TEXT = Path(str(files("massact.fixtures") / "long"))  # original long documents (package data)
+LONG_PARTS = ("statistics", "held_out")  # the first half of the documents, and the second
+
+
+def long_documents(part: str) -> list[Path]:
+    """The documents of one part: the first half of fixtures/long/*.txt (sorted) or the second."""
+    docs = sorted(LONG_TEXT.glob("*.txt"))
+    if part not in LONG_PARTS:
+        raise ValueError(f"part must be one of {LONG_PARTS}, not {part!r}")
+    return docs[:len(docs) // 2] if part == "statistics" else docs[len(docs) // 2:]
+
+
+def _document_ids(lm, corpus: Corpus, path: Path, tokens: int) -> list[int]:
+    ids = lm.tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    if corpus.settings.bos:
+        ids = [bos_id(lm.tokenizer)] + ids
+    if len(ids) < tokens:
+        raise CorpusError(f"{path.name} has {len(ids)} tokens, fewer than the {tokens} a long sample needs")
+    return ids
+
+
+@dataclass(frozen=True)
+class LongText(_Generated):
+    """The first ``length`` tokens of each long document of ``part``, cut into samples of ``chunk``
+    tokens (the head-classification document ran 2,048 tokens in chunks of 512, each its own pass)."""
+
+    part: str = "statistics"
+    length: int = 2048
+    chunk: int = 2048
+
+    def key(self, corpus: Corpus) -> str:
+        return f"long:{self.part}:{self.length}/{self.chunk}:bos{int(corpus.settings.bos)}"
+
+    def tokens(self, lm, corpus):
+        if self.length % self.chunk:
+            raise CorpusError(f"{self.length} tokens do not split into chunks of {self.chunk}")
+        if self.length > lm.context:
+            raise CorpusError(f"long samples of {self.length} tokens exceed {lm.name}'s context of {lm.context}")
+        rows = [_document_ids(lm, corpus, p, self.length)[:self.length] for p in long_documents(self.part)]
+        return torch.tensor(rows).reshape(-1, self.chunk)
+
+
+@dataclass(frozen=True)
+class Passkey(_Generated):
+    """Retrieval prompts of exactly ``length`` tokens: a five-digit key stated early (at ``depths`` of
+    the prompt) in a held-out long document, and asked for at the end. ``answers`` gives the keys."""
+
+    length: int = 2048
+    depths: tuple[float, ...] = (0.1, 0.3)
+    seed: int = 0
+
+    NEEDLE = " The secret pass key is {key}. Remember it: {key} is the pass key."
+    QUESTION = "\n\nWhat is the secret pass key? The secret pass key is"
+
+    def key(self, corpus: Corpus) -> str:
+        return f"passkey:{self.length}:{self.depths}:seed{self.seed}:bos{int(corpus.settings.bos)}"
+
+    def answers(self) -> list[str]:
+        g = torch.Generator().manual_seed(self.seed)
+        n = len(long_documents("held_out")) * len(self.depths)
+        return [str(int(k)) for k in torch.randint(10000, 100000, (n,), generator=g)]
+
+    def tokens(self, lm, corpus):
+        tok, rows, keys = lm.tokenizer, [], iter(self.answers())
+        question = tok(self.QUESTION, add_special_tokens=False)["input_ids"]
+        for path in long_documents("held_out"):
+            filler = _document_ids(lm, corpus, path, self.length)
+            for depth in self.depths:
+                needle = tok(self.NEEDLE.format(key=next(keys)), add_special_tokens=False)["input_ids"]
+                room = self.length - len(needle) - len(question)
+                at = int(depth * room)
+                rows.append(filler[:at] + needle + filler[at:room] + question)
+        return torch.tensor(rows)
+
+
 TEXT = Text()
 
 
@@ -108,6 +186,7 @@ class Request:
     source: Source = TEXT
     mode: str = "forward"
     intervention: Intervention = NONE
+    options: tuple[tuple[str, object], ...] = ()  # the runner's settings (chunk size, positions to measure)
 
     @property
     def eager(self) -> bool:
@@ -117,12 +196,12 @@ class Request:
 
     def same_pass(self, corpus: Corpus) -> tuple:
         """What a pass is, apart from its statistics: requests with equal ``same_pass`` merge."""
-        return self.source.key(corpus), self.mode, self.intervention.key, self.eager
+        return self.source.key(corpus), self.mode, self.intervention.key, self.eager, self.options
 
     def __or__(self, other: Request) -> Request:
         """The union of two requests' statistics; both must be the same pass."""
-        if (self.source, self.mode, self.intervention.key, self.eager) != \
-                (other.source, other.mode, other.intervention.key, other.eager):
+        if (self.source, self.mode, self.intervention.key, self.eager, self.options) != \
+                (other.source, other.mode, other.intervention.key, other.eager, other.options):
             raise ValueError(f"cannot merge passes {self.describe()} and {other.describe()}")
         return replace(self, stats=self.stats | other.stats)
 

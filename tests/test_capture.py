@@ -311,3 +311,17 @@ def test_finite_fp16_pass_does_not_raise() -> None:
         model(input_ids=_ids(1, 4, 0))
     top = collect(red)["block.1"]["top_abs"]
     assert top.dtype == torch.float32 and torch.isfinite(top).all()
+
+
+def test_attention_without_probabilities_is_named() -> None:
+    from massact.capture import HeadProfile, attention_points
+    from massact.errors import AttentionUnavailable
+
+    model = tiny_model("llama")
+    model.set_attn_implementation("sdpa")  # SDPA returns no probabilities
+    adapter = adapter_for(model.config)
+    with pytest.raises(AttentionUnavailable, match="attn.0: the attention module returned no probabilities"):
+        with torch.no_grad(), capture(model, adapter, attention_points(adapter, 2), mask_ref={"mask": torch.ones(1, 4)},
+                                      make_reducers=lambda p: [HeadProfile()]):
+            model(input_ids=_ids(1, 4, 0))
+    assert _n_hooks(model) == 0

@@ -120,3 +120,35 @@ def test_requests_are_hashable_and_merge_only_within_one_pass() -> None:
     with pytest.raises(ValueError, match="cannot merge"):
         PROFILE | want("attn.*", "entropy")
     assert Request().describe() == "none"
+
+
+def test_a_planned_count_past_what_the_source_gives_is_capped(setup) -> None:
+    lm, corpus, engine = setup
+    few = want("block.0", "top_abs").on(RepeatedRandom(8, repeats=2, samples=3))
+    engine.plan(lm, corpus, [(few, 10)])
+    assert engine.run(lm, corpus, few, n=2).n == 2 and engine.samples_run == 3
+
+
+def test_long_documents_and_passkey_prompts() -> None:
+    from types import SimpleNamespace
+
+    from builders import char_tokenizer
+    from massact.requests import LongText, Passkey, long_documents
+
+    lm = SimpleNamespace(tokenizer=char_tokenizer(), context=4096, name="chars")
+    corpus = load_corpus(CorpusSettings())
+    assert len(long_documents("statistics")) == len(long_documents("held_out")) == 4
+    assert not set(long_documents("statistics")) & set(long_documents("held_out"))
+    chunks = LongText("statistics", 48, 16).tokens(lm, corpus)
+    assert chunks.shape == (12, 16)  # 4 documents x 3 chunks, each document's first 48 characters
+    first = long_documents("statistics")[0].read_text()[:16]
+    assert lm.tokenizer.decode(chunks[0]).replace(" ", "") == first.replace(" ", "")
+    probe = Passkey(600, depths=(0.1, 0.5))
+    prompts, keys = probe.tokens(lm, corpus), probe.answers()
+    assert prompts.shape == (8, 600) and len(keys) == 8 and all(len(k) == 5 for k in keys)
+    text = lm.tokenizer.decode(prompts[1]).replace(" ", "")
+    assert f"secretpasskeyis{keys[1]}" in text and text.endswith("Thesecretpasskeyis")
+    assert 0.4 < text.index(keys[1]) / len(text) < 0.6  # planted at half the prompt
+    with pytest.raises(CorpusError, match="fewer than the 99999"):
+        LongText("held_out", 99999, 99999).tokens(SimpleNamespace(tokenizer=lm.tokenizer, context=10**6, name="x"),
+                                                   corpus)

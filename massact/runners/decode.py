@@ -1,0 +1,89 @@
+"""Runs that carry a KV cache: teacher-forced evaluation fed in chunks, and greedy generation.
+
+The intervention is a KV-cache policy (massact.kvcache.KVPolicy). Each batch gets a fresh cache;
+the sequence goes through in chunks, the cache dropping what its plan allows after each. The
+attention masks every query to what its head may read, so the chunk size changes the peak
+memory and the speed, never the numbers: one chunk of the whole sequence, or one token at a
+time, read the same keys.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from massact.kvcache import KVPlanError, KVPolicy
+from massact.models import LoadedModel
+from massact.requests import KV_POINT, LOSS_POINT
+
+
+def _policy(lm: LoadedModel, intervention) -> KVPolicy:
+    if not isinstance(intervention, KVPolicy):
+        raise KVPlanError(f"a decode pass runs under a KV cache policy, not {intervention.key!r}")
+    if not lm.adapter.is_decoder:
+        raise KVPlanError(f"{lm.name} is an encoder: it keeps no KV cache between tokens")
+    return intervention
+
+
+def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention, *, eager: bool,
+               batch_size: int, progress: Callable[[str], None], chunk: int = 512, start: int = 1,
+               checkpoints: tuple[int, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
+    """Per sample: the mean next-token NLL of the tokens at positions >= ``start`` (``output/loss``),
+    the KV bytes held per sequence after each of ``checkpoints`` tokens (``kv/bytes``), and the
+    seconds per sequence (``kv/seconds``)."""
+    policy = _policy(lm, intervention)
+    T = ids.shape[1]
+    if not 1 <= start < T:
+        raise KVPlanError(f"the loss starts at position {start}; the samples have {T} tokens")
+    if any(not 0 < c <= T for c in checkpoints):
+        raise KVPlanError(f"KV bytes asked after {checkpoints} tokens; the samples have {T}")
+    cuts = sorted({*range(chunk, T, chunk), *checkpoints, T})
+    losses, held, seconds = [], [], []
+    with torch.no_grad(), policy.applied(lm.model, lm.adapter):
+        for b in range(0, len(ids), batch_size):
+            x = ids[b:b + batch_size].to(lm.device)
+            cache, nll, row, at = policy.cache(), [], [], 0
+            t0 = time.perf_counter()
+            for cut in cuts:
+                logits = lm.model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True).logits
+                targets = x[:, at + 1:cut + 1]  # the token after each position, where there is one
+                logp = torch.log_softmax(logits[:, :targets.shape[1]].float(), dim=-1)
+                nll.append(-logp.gather(2, targets[..., None]).squeeze(2))
+                at = cut
+                if cut in checkpoints:
+                    cache.compact()
+                    row.append(cache.nbytes() / len(x))  # per sequence of the batch
+            seconds += [(time.perf_counter() - t0) / len(x)] * len(x)
+            losses.append(torch.cat(nll, dim=1)[:, start - 1:].double().mean(1).cpu())
+            held += [row] * len(x)
+            progress(f"{min(b + batch_size, len(ids))}/{len(ids)} samples")
+    out = {LOSS_POINT: {"loss": torch.cat(losses)},
+           KV_POINT: {"bytes": torch.tensor(held, dtype=torch.float64), "seconds": torch.tensor(seconds)}}
+    return {p: {s: v for s, v in out[p].items() if s in wants.get(p, ())} for p in out if p in wants}
+
+
+def run_generate(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention, *, eager: bool,
+                 batch_size: int, progress: Callable[[str], None], chunk: int = 512,
+                 new_tokens: int = 8) -> dict[str, dict[str, torch.Tensor]]:
+    """Per sample: the prompt fed in chunks, then ``new_tokens`` greedy tokens one at a time
+    (``output/generated``, (N, new_tokens)) and their decoding rate (``kv/tokens_per_second``)."""
+    policy = _policy(lm, intervention)
+    generated, rates = [], []
+    with torch.no_grad(), policy.applied(lm.model, lm.adapter):
+        for b in range(0, len(ids), batch_size):
+            x = ids[b:b + batch_size].to(lm.device)
+            cache = policy.cache()
+            for at in range(0, x.shape[1], chunk):
+                logits = lm.model(input_ids=x[:, at:at + chunk], past_key_values=cache, use_cache=True).logits
+            steps = [logits[:, -1].argmax(-1)]
+            t0 = time.perf_counter()
+            for _ in range(new_tokens - 1):
+                logits = lm.model(input_ids=steps[-1][:, None], past_key_values=cache, use_cache=True).logits
+                steps.append(logits[:, -1].argmax(-1))
+            rate = len(x) * (new_tokens - 1) / max(time.perf_counter() - t0, 1e-9)
+            generated.append(torch.stack(steps, dim=1).cpu())
+            rates += [rate] * len(x)
+            progress(f"{min(b + batch_size, len(ids))}/{len(ids)} prompts")
+    out = {LOSS_POINT: {"generated": torch.cat(generated)}, KV_POINT: {"tokens_per_second": torch.tensor(rates)}}
+    return {p: {s: v for s, v in out[p].items() if s in wants.get(p, ())} for p in out if p in wants}
