@@ -214,7 +214,7 @@ def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed
     return claim.entry(verdict=verdict, summary=summary, reason=reason, primary=o.primary, unit=m.unit,
                        bound=None if claim.documented_values else m.bound, values=o.values, intervals=intervals,
                        bootstrap=boot, controls=o.controls, selections=m.selections, details=m.details,
-                       figures=[f.to_dict() for f in m.figures])
+                       figures=[f.to_dict() for f in m.figures], artifacts=m.artifacts)
 
 
 def _bootstrap(m: Measurement, holds, *, resamples: int, seed: int) -> tuple[float, dict]:

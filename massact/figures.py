@@ -149,4 +149,16 @@ class Histogram(Figure):
     refs: list[Ref] = field(default_factory=list)  # vertical lines at these x values
 
 
-KINDS = {cls.kind: cls for cls in (Lines, Bars, Heatmap, Scatter, Bars3D, Histogram)}
+@dataclass(frozen=True)
+class Curves(Figure):
+    """Series with x values of their own (e.g. loss against KV bytes, one curve per policy)."""
+
+    kind: ClassVar[str] = "curves"
+    curves: dict[str, tuple[list[float], list[float]]]  # label -> (x, y)
+    x_label: str = ""
+    y_label: str = ""
+    log_x: bool = False
+    refs: list[Ref] = field(default_factory=list)
+
+
+KINDS = {cls.kind: cls for cls in (Lines, Bars, Heatmap, Scatter, Bars3D, Histogram, Curves)}

@@ -268,3 +268,14 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
         if tmp.exists():
             shutil.rmtree(tmp)
     return target, digest
+
+
+def random_init(lm: LoadedModel, *, seed: int = 0) -> LoadedModel:
+    """The same architecture and config with freshly initialised weights: a control whose attention
+    has learned nothing. Its spec and name end in "#random-init"."""
+    torch.manual_seed(seed)
+    model = _model_class(lm.config).from_config(lm.config, dtype=DTYPES[lm.dtype])
+    model.to(lm.device).eval()
+    return LoadedModel(spec=f"{lm.spec}#random-init", name=f"{lm.name}#random-init", model=model,
+                       tokenizer=lm.tokenizer, adapter=lm.adapter, dtype=lm.dtype, device=lm.device,
+                       provenance={"random_init_seed": seed, "of": lm.spec})

@@ -189,6 +189,37 @@ def planted_gpt2(
     return _finish(model)
 
 
+@torch.no_grad()
+def sink_heads_gpt2(*, n_layer: int = 2, n_embd: int = 64, n_positions: int = 32, seed: int = 0) -> GPT2LMHeadModel:
+    """GPT-2 where every head of every layer puts nearly all its attention on the first token: the
+    query is a constant and the key reads the position-0 code (the one-hot code of planted_gpt2)."""
+    config = GPT2Config(vocab_size=VOCAB, n_layer=n_layer, n_embd=n_embd, n_head=4, n_positions=n_positions,
+                        bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    tr = model.transformer
+    tr.wpe.weight.zero_()
+    tr.wpe.weight[:, :n_positions] = POS_SCALE * torch.eye(n_positions)
+    tr.wte.weight[:, :n_positions] = 0.0
+    on, off = math.sqrt(n_embd - 1), -1.0 / math.sqrt(n_embd - 1)
+    for blk in tr.h:
+        for proj in (blk.attn.c_proj, blk.mlp.c_proj):  # nothing writes over the position code
+            proj.weight[:, :n_positions] = 0.0
+            proj.bias[:n_positions] = 0.0
+        blk.ln_1.weight.fill_(1.0)
+        blk.ln_1.bias.zero_()
+        attn = blk.attn
+        hd = attn.head_dim
+        c = math.sqrt(_ATTN_MARGIN * math.sqrt(hd) / (on - off))  # logit gap of key 0 over the others
+        w, b = attn.c_attn.weight, attn.c_attn.bias  # (n, 3n): [q | k | v]
+        w[:, :2 * n_embd] = 0.0
+        b[:2 * n_embd] = 0.0
+        for h in range(config.n_head):
+            b[h * hd] = c  # query: a constant
+            w[0, n_embd + h * hd] = c  # key: the position-0 code
+    return _finish(model)
+
+
 def char_tokenizer():
     """A character-level tokenizer whose ids fit the tiny models' vocabulary of 100."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

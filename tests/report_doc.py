@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from massact.figures import (Band, Bars, Bars3D, Fit, Heatmap, Histogram, Lines, Ref, Scatter, ScatterPanel,
+from massact.figures import (Band, Bars, Bars3D, Curves, Fit, Heatmap, Histogram, Lines, Ref, Scatter, ScatterPanel,
                              Span)
 from massact.report.results import Entry
 
@@ -63,6 +63,14 @@ def _histogram() -> list[dict]:
                       x_label="weight", log_y=True, refs=[Ref(0.3, "6 std")]).to_dict()]
 
 
+def _curves() -> list[dict]:
+    return [Curves(title="Loss against KV bytes", caption="one curve per policy", x_label="KV bytes at 2048 tokens",
+                   y_label="next-token loss", log_x=True,
+                   curves={"head-aware": ([1e6, 2e6, 4e6], [3.1, 2.9, 2.8]), "streaming": ([1e6, 2e6, 4e6],
+                                                                                          [3.4, 3.1, 2.9])},
+                   refs=[Ref(2.7, "full cache")]).to_dict()]
+
+
 def _entry(claim: str, model: str | None, verdict: str, *, primary: str | None = None, value: float | None = None,
            lo: float | None = None, hi: float | None = None, unit: str = "", bound: dict | None = None,
            variant: str = "general", **kw) -> dict:
@@ -118,7 +126,7 @@ def results_doc() -> dict:
                controls={"random heads": False}),
         _entry("outliers.weights_heavy_tailed", ml, "refuted", primary="margin", value=-0.4, lo=-0.9, hi=-0.1,
                bound={"op": ">", "value": 0.0, "abs": False}, threshold="every matrix heavy tailed",
-               reason="not heavy tailed: attn_output.3", figures=_histogram()),
+               reason="not heavy tailed: attn_output.3", figures=_histogram() + _curves()),
         _entry("mlp.down_proj_amplifies", sm, "refuted", primary="factor", value=8.0, lo=7.6, hi=8.5, unit="x",
                bound={"op": ">=", "value": 10.0, "abs": False}, threshold="max|down_out| >= 10 x max|down_in|",
                reason="x8.0 < x10", expected="holds"),

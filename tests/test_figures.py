@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from massact.figures import KINDS, Bars, Bars3D, Heatmap, Histogram, Lines, Scatter, ScatterPanel
+from massact.figures import KINDS, Bars, Bars3D, Curves, Heatmap, Histogram, Lines, Scatter, ScatterPanel
 from massact.report.figures import draw
 from report_doc import results_doc
 
@@ -105,6 +105,7 @@ def test_units_label_the_value_axis():
     Scatter("no panels", "", panels=[]),
     Bars3D("flat", "", values=[[0.0]], rows=["<tok>"], cols=["0"]),
     Histogram("none", "", edges=[], counts={}),
+    Curves("no curves", "", curves={}),
 ], ids=lambda f: f.title)
 def test_degenerate_records_still_draw(figure):
     root = ET.fromstring(draw(figure.to_dict()))

@@ -168,6 +168,7 @@ class Measurement:
     selections: dict = field(default_factory=dict)  # made once from all samples
     details: dict = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
+    artifacts: dict = field(default_factory=dict)  # file name -> JSON content, written beside results.json
 
 
 def fixed(outcome: Outcome, **kw) -> Measurement:

@@ -287,6 +287,21 @@ def _histogram(fig, f: dict) -> None:
     _legend(fig, ax)
 
 
+def _curves(fig, f: dict) -> None:
+    ax = fig.add_subplot()
+    curves = f.get("curves", {})
+    for name, (xs, ys) in curves.items():
+        ax.plot(_array(xs), _array(ys), marker="o", markersize=4, linewidth=1.4, label=name)
+    if not curves:
+        _empty(ax, "values")
+    _refs(ax, f.get("refs", []))
+    if f.get("log_x"):
+        ax.set_xscale("log")
+    ax.set_xlabel(f.get("x_label", ""))
+    ax.set_ylabel(f.get("y_label", ""))
+    _legend(fig, ax)
+
+
 DRAWERS: dict[str, Callable[[Figure, dict], None]] = {
     "lines": _lines, "bars": _bars, "heatmap": _heatmap, "scatter": _scatter, "bars3d": _bars3d,
-    "histogram": _histogram}
+    "histogram": _histogram, "curves": _curves}

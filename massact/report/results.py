@@ -50,6 +50,7 @@ class Entry:
     params: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)  # massact.figures records as dicts
+    artifacts: dict = field(default_factory=dict)  # file name -> JSON content; in results.json: -> its path
     nodeid: str = ""
     seconds: float = 0.0
 
@@ -126,7 +127,14 @@ class Run:
         self.expected: set[str] | None = None  # node ids collected: complete means every one was judged
 
     def add(self, entry: dict, context: dict) -> None:
-        """One item's entry, with what its process knew: models loaded, corpus, pass counters."""
+        """One item's entry, with what its process knew: models loaded, corpus, pass counters.
+        Its artifacts are written to <run>/<model>/<variant>/ and the entry keeps their paths."""
+        arts = entry.get("artifacts") or {}
+        if arts and self.report_dir is not None:
+            where = self._dir() / (entry.get("model") or "document") / (entry.get("variant") or "general")
+            for name, content in arts.items():
+                write_results(where / name, content)
+            entry["artifacts"] = {name: str((where / name).relative_to(self.run_dir)) for name in arts}
         self.entries[entry["nodeid"]] = entry
         for spec, info in context.get("models", {}).items():
             if info:
@@ -134,6 +142,11 @@ class Run:
         self.corpus = context.get("corpus") or self.corpus
         if "engine" in context:
             self.engines[context.get("worker", "main")] = context["engine"]
+
+    def _dir(self) -> Path:
+        if self.run_dir is None:
+            self.run_dir = new_run_dir(self.report_dir)
+        return self.run_dir
 
     @property
     def results(self) -> list[dict]:
@@ -154,8 +167,6 @@ class Run:
         """Write results.json; returns the document written, or None when nothing was."""
         if self.report_dir is None or not self.entries:
             return None
-        if self.run_dir is None:
-            self.run_dir = new_run_dir(self.report_dir)
         doc = self.document(complete=complete, wall_seconds=wall_seconds)
-        write_results(self.run_dir / "results.json", doc)
+        write_results(self._dir() / "results.json", doc)
         return doc

@@ -1,0 +1,183 @@
+"""Family H, H3-H4: every head's attention statistics, the six head types, and the sink share (002).
+
+The statistics run over the first 2,048 tokens of the long documents' statistics part. The
+documented method cuts them into 512-token chunks, each its own pass with no cache (so "sink"
+is the first 4 tokens of every chunk) and counts the query itself as "local"; the correct
+method reads each 2,048-token sequence in one pass and leaves the query out of "local".
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+from massact import figures as fig
+from massact.capture import HEAD_PROFILE
+from massact.checks.base import ClaimInvalid, Context, Measurement, Outcome, Params, check, fixed
+from massact.engine import PassResult
+from massact.metrics import headtypes as ht
+from massact.models import random_init
+from massact.requests import LongText, Request, long_documents, want
+
+METHOD = Literal["documented_method", "correct_method"]
+LOCAL = {"documented_method": "local", "correct_method": "local_excl"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadParams(Params):
+    method: METHOD
+    length: int = 2048  # tokens of each statistics document read
+    chunk: int = 512  # the documented method's pass length (the correct one reads ``length`` at once)
+
+    @property
+    def source(self) -> LongText:
+        return LongText("statistics", self.length, self.chunk if self.method == "documented_method" else self.length)
+
+    @property
+    def samples(self) -> int:
+        return len(long_documents("statistics")) * (self.length // self.source.chunk)
+
+
+def statistics_request(p: HeadParams) -> Request:
+    return want("attn.*", *HEAD_PROFILE).on(p.source)
+
+
+def _needs(p: HeadParams) -> list[Request]:
+    return [statistics_request(p)]
+
+
+def per_sample(r: PassResult, n_layers: int) -> dict[str, torch.Tensor]:
+    """{statistic: (N, L, H[, bins])} from a pass with the head profile of every layer."""
+    return {k.removeprefix("hp_"): torch.stack([r.stat(f"attn.{l}", k) for l in range(n_layers)], dim=1)
+            for k in HEAD_PROFILE}
+
+
+def classified(per: dict[str, torch.Tensor], method: str, idx=None) -> tuple[list, list]:
+    """(HeadStats, HeadClass) of every head, from the samples idx (None: all)."""
+    pick = per if idx is None else {k: v[idx] for k, v in per.items()}
+    stats = ht.head_stats(pick, local=LOCAL[method])
+    return stats, [ht.classify(s) for s in stats]
+
+
+def measure_heads(ctx: Context, p: HeadParams) -> dict[str, torch.Tensor]:
+    """Per-sample head statistics of the model over the statistics documents."""
+    if not ctx.lm.adapter.is_decoder:
+        raise ClaimInvalid(f"{ctx.lm.name} attends in both directions: sinks, recent windows and a KV cache "
+                           "that drops old tokens are notions of causal decoders")
+    return per_sample(ctx.run(statistics_request(p), n=p.samples), ctx.lm.n_layers)
+
+
+def artifacts(ctx: Context, stats: list, classes: list, p: HeadParams) -> dict:
+    """The document's two files, in its schema (field names as in its code)."""
+    info = {"num_layers": ctx.lm.n_layers, "num_heads": ctx.lm.adapter.n_heads(ctx.lm.config),
+            "sink_size": ht.SINK_SIZE, "local_window": ht.LOCAL_WINDOW, "recent_ratio": ht.RECENT_RATIO,
+            "method": p.method, "tokens": p.length, "chunk": p.source.chunk}
+    return {"head_statistics.json": {"model_info": info, "head_statistics": [asdict(s) for s in stats]},
+            "head_classifications.json": {"classifications": [asdict(c) for c in classes],
+                                          "summary": ht.summary(classes)}}
+
+
+def head_figures(ctx: Context, stats: list, classes: list, p: HeadParams) -> list[fig.Figure]:
+    method = p.method
+    L, H = ctx.lm.n_layers, ctx.lm.adapter.n_heads(ctx.lm.config)
+    grid = lambda f: [[f(stats[l * H + h]) for h in range(H)] for l in range(L)]  # noqa: E731
+    pref = {k: [sum(stats[l * H + h].position_preference[k] for h in range(H)) / H for l in range(L)]
+            for k in ("sink", "local", "recent", "global")}
+    types = {t: [sum(c.head_type == t for c in classes[l * H:(l + 1) * H]) for l in range(L)] for t in ht.TYPES}
+    where = f"{p.length} tokens of {len(long_documents('statistics'))} documents, " + \
+        (f"{p.chunk}-token chunks, the query counted as local" if method == "documented_method" else
+         "one pass each, local without the query")
+    return [
+        fig.Heatmap(title=f"{ctx.lm.name}: attention entropy per head ({method})", matrix=grid(lambda s: s.mean_entropy),
+                    value_label="mean entropy (nats)", caption=f"low: focused, high: spread; {where}"),
+        fig.Bars(title=f"{ctx.lm.name}: where attention goes, per layer ({method})",
+                 categories=[str(l) for l in range(L)], series=pref, stacked=True, x_label="layer",
+                 y_label="share of attention", unit="%",
+                 caption="mean over the layer's heads of the mass on the first 4 keys (sink), the 8 before the query "
+                         "(local), the last 10% (recent; overlaps the others) and the rest (global)"),
+        fig.Heatmap(title=f"{ctx.lm.name}: attention by distance ({method})",
+                    matrix=[s.relative_position_dist for s in stats], row_label="head (layer-major)",
+                    col_label="distance to the query", value_label="mean attention", log_color=True,
+                    caption="each row one head (layer 0 first), each column how far back the key is"),
+        fig.Bars(title=f"{ctx.lm.name}: head types per layer ({method})", categories=[str(l) for l in range(L)],
+                 series={t: v for t, v in types.items() if any(v)}, stacked=True, x_label="layer", y_label="heads",
+                 caption="the document's six types, by its rules and thresholds"),
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkShareParams(HeadParams):
+    min_share: float  # the claim holds when more than this share of heads keeps sink tokens
+
+
+def _shares(classes: list) -> dict[str, float]:
+    n = len(classes)
+    types = Counter(c.head_type for c in classes)
+    return {"sink_share": sum(c.keep_sinks for c in classes) / n,
+            "small_window_share": sum(c.can_limit_window for c in classes) / n,
+            "full_cache_share": sum(c.use_full_cache for c in classes) / n,
+            **{f"share.{t}": types.get(t, 0) / n for t in ht.TYPES}}
+
+
+@check(SinkShareParams, needs=_needs)
+def heads_sink_share(ctx: Context, p: SinkShareParams) -> Measurement:
+    """Most heads need the first tokens kept (sink_positional and sink_mixed heads); the same
+    statistics on the same architecture with random weights must not say so."""
+    per, n = measure_heads(ctx, p), p.samples
+    rand = random_init(ctx.lm)
+    rand_per = per_sample(ctx.engine.run(rand, ctx.corpus, statistics_request(p), n=n), ctx.lm.n_layers)
+    del rand
+
+    def decide(idx):
+        _, classes = classified(per, p.method, idx)
+        _, rand_classes = classified(rand_per, p.method, idx)
+        v, rv = _shares(classes), _shares(rand_classes)
+        counts = Counter(c.head_type for c in classes)
+        return Outcome(
+            holds=v["sink_share"] > p.min_share, primary="sink_share",
+            summary=f"{len(classes)} heads: " + ", ".join(f"{t} {counts.get(t, 0)}" for t in ht.TYPES)
+                    + f"; keep sinks {v['sink_share']:.1%}, small window {v['small_window_share']:.1%}, full cache "
+                      f"{v['full_cache_share']:.1%}; random-init weights: keep sinks {rv['sink_share']:.1%}",
+            values={**v, "random_init.sink_share": rv["sink_share"], "heads": len(classes),
+                    **{f"count.{t}": counts.get(t, 0) for t in ht.TYPES}},
+            controls={"random_init_weights": rv["sink_share"] > p.min_share},
+            reason="" if v["sink_share"] > p.min_share else
+            f"{v['sink_share']:.1%} of heads keep sinks (needs > {p.min_share:.0%})")
+
+    stats, classes = classified(per, p.method)
+    return Measurement(
+        decide, n=n, unit="%", bound={"op": ">", "value": p.min_share, "abs": False},
+        details={"summary": ht.summary(classes), "samples": f"{n} samples of {p.source.chunk} tokens"},
+        figures=head_figures(ctx, stats, classes, p), artifacts=artifacts(ctx, stats, classes, p))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryParams(Params):
+    distribution: dict[str, int]  # the document's head counts per type
+    stated: dict[str, int]  # its summary: total_heads, limitable_heads, sink_heads, small_window, full_cache
+
+
+@check(SummaryParams, needs_model=False)
+def heads_summary_consistent(ctx: None, p: SummaryParams) -> Measurement:
+    """The document's summary numbers against what its own distribution and rules give."""
+    d = {t: p.distribution.get(t, 0) for t in ht.TYPES}
+    unknown = sorted(set(p.distribution) - set(ht.TYPES))
+    if unknown:
+        raise ClaimInvalid(f"unknown head types {unknown}; the document's are {ht.TYPES}")
+    # by the document's classifier: which types can limit their window, keep sinks, use the full cache
+    derived = {"total_heads": sum(d.values()),
+               "limitable_heads": d["sink_positional"] + d["true_positional"] + d["sink_mixed"],
+               "small_window": d["sink_positional"] + d["true_positional"] + d["sink_mixed"],
+               "sink_heads": d["sink_positional"] + d["sink_mixed"],
+               "full_cache": d["gathering"] + d["mixed"]}
+    off = {k: (v, derived[k]) for k, v in p.stated.items() if k in derived and v != derived[k]}
+    return fixed(Outcome(
+        holds=not off, primary="inconsistencies",
+        summary="; ".join(f"{k}: stated {v}, its distribution gives {derived[k]}" for k, v in p.stated.items()
+                          if k in derived),
+        values={"inconsistencies": len(off), **{f"stated.{k}": v for k, v in p.stated.items()},
+                **{f"derived.{k}": v for k, v in derived.items()}},
+        reason="; ".join(f"{k} stated {a}, but the distribution gives {b}" for k, (a, b) in off.items())),
+        details={"derived": derived, "stated": p.stated})

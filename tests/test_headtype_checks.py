@@ -1,0 +1,133 @@
+"""H3 (sink share), H4 (the document's summary) and K1 (the head-aware cache) judged on tiny models:
+a planted model whose heads are all sink heads, random weights, and a stubbed evaluation for K1's
+decision between holds, non-specific and refuted."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from builders import sink_heads_gpt2, tiny_model
+from massact.arch import adapter_for
+from massact.checks import Context, kv
+from massact.checks.headtypes import HeadParams
+from massact.claims import judge
+from massact.corpus import CorpusSettings, load_corpus
+from massact.engine import Engine
+from massact.models import LoadedModel
+from massact.requests import LongText
+from test_planted import record
+
+SHORT = dict(length=32, chunk=8)  # tiny models have 32-64 positions
+
+
+def context(model, name: str) -> Context:
+    """The long-document sources filled with random ids (tiny models have no tokenizer)."""
+    lm = LoadedModel(spec=name, name=name, model=model, tokenizer=None, adapter=adapter_for(model.config),
+                     dtype="float32", device="cpu")
+    corpus = load_corpus(CorpusSettings(seqlen=16))
+    engine = Engine(batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    for part in ("statistics", "held_out"):
+        ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=g)
+        for chunk in (8, 32):
+            for spec in (name, f"{name}#random-init"):
+                engine.inputs[(spec, LongText(part, 32, chunk).key(corpus))] = ids.reshape(-1, chunk)
+    return Context(lm, corpus, engine, n=4)
+
+
+def short(claim_id: str, variant: str, **kw):
+    rec = record(claim_id, variant)
+    return replace(rec, params=replace(rec.params, **SHORT, **kw))
+
+
+@pytest.mark.parametrize("variant", ["documented_method", "correct_method"])
+def test_sink_share_holds_where_every_head_is_a_sink_head_and_not_on_random_weights(variant) -> None:
+    v = judge(short("heads.sink_share", variant), context(sink_heads_gpt2(), "sinks"), resamples=20)
+    assert v.verdict == "holds", v.summary
+    assert v.values["sink_share"] == 1.0 and v.values["count.sink_positional"] == 8
+    assert v.values["random_init.sink_share"] < 0.5 and v.controls == {"random_init_weights": False}
+    files = v.artifacts
+    assert set(files) == {"head_statistics.json", "head_classifications.json"}
+    stats = files["head_statistics.json"]["head_statistics"][0]
+    assert set(stats) == {"layer_idx", "head_idx", "mean_entropy", "std_entropy", "max_attention_mean",
+                          "position_preference", "sink_ratio", "uniformity_score", "relative_position_dist"}
+    assert files["head_classifications.json"]["summary"]["total_heads"] == 8
+    assert {f["kind"] for f in v.figures} == {"heatmap", "bars"} and len(v.figures) == 4
+
+
+def test_sink_share_refuted_on_random_weights_and_invalid_on_an_encoder() -> None:
+    v = judge(short("heads.sink_share", "correct_method"), context(tiny_model("llama"), "tiny-llama"), resamples=20)
+    assert v.verdict == "refuted", v.summary
+    assert v.values["sink_share"] < 0.5
+    bert = judge(short("heads.sink_share", "correct_method"), context(tiny_model("bert"), "tiny-bert"))
+    assert bert.verdict == "invalid" and "both directions" in bert.reason
+
+
+def test_the_documents_summary_contradicts_its_distribution() -> None:
+    v = judge(record("heads.summary_consistent"), None)
+    assert v.verdict == "refuted"
+    assert v.values["derived.limitable_heads"] == 822 and v.values["stated.limitable_heads"] == 370
+    assert v.values["derived.full_cache"] == 202  # gathering 88 + mixed 114: both keep the full cache
+    assert v.values["derived.sink_heads"] == 813  # this one the document got right
+
+
+def test_head_params_read_the_documents_chunks_or_whole_sequences() -> None:
+    doc, right = HeadParams(method="documented_method"), HeadParams(method="correct_method")
+    assert (doc.source.chunk, right.source.chunk) == (512, 2048)
+    assert doc.samples == 4 * right.samples
+
+
+@pytest.mark.parametrize("variant", ["documented_method", "correct_method"])
+def test_head_aware_cache_end_to_end_on_a_tiny_model(variant) -> None:
+    ctx = context(sink_heads_gpt2(), "sinks")
+    v = judge(short("kv.head_aware", variant, passkey=False, scales=(0.5, 1.0)), ctx, resamples=20)
+    assert v.verdict in ("holds", "refuted", "inconclusive", "non-specific"), v.summary
+    b = v.values
+    # equal bytes by construction; the full cache holds every entry: 2 layers x 4 KV heads x 32 x 16 x 4 B x 2
+    assert b["kv_bytes.streaming"] <= b["kv_bytes.head-aware"] and b["kv_bytes.random heads"] == b["kv_bytes.head-aware"]
+    assert b["kv_bytes.full"] == 2 * 4 * 32 * 16 * 4 * 2
+    assert b["kv_bytes.head-aware"] < b["kv_bytes.full"]  # every head is a sink head: sink 4 + window 8
+    assert len(v.figures[0]["curves"]["head-aware"][0]) == 2
+
+
+@pytest.mark.parametrize("losses, verdict", [
+    ({"full": 2.0, "head-aware": 2.1, "streaming": 2.5, "random heads": 2.4}, "holds"),
+    ({"full": 2.0, "head-aware": 2.1, "streaming": 2.5, "random heads": 2.05}, "non-specific"),
+    ({"full": 2.0, "head-aware": 2.6, "streaming": 2.5, "random heads": 2.4}, "refuted"),
+], ids=["holds", "random-heads-as-good", "refuted"])
+def test_head_aware_decision(monkeypatch, losses, verdict) -> None:
+    """The decision on stubbed evaluations: each policy's loss per held-out sample."""
+    ctx = context(sink_heads_gpt2(), "sinks")
+    real = ctx.run
+
+    def run(request, *, n=None):
+        r = real(request, n=n)
+        if request.mode != "decode":
+            return r
+        name = request.intervention.plan.name.split(":")[0].replace("-", " ")
+        loss = losses.get({"head aware": "head-aware"}.get(name, name), 3.0)
+        return replace(r, points={**r.points, "output": {"loss": torch.full((r.n,), loss, dtype=torch.float64)}})
+
+    monkeypatch.setattr(Context, "run", lambda self, request, n=None: run(request, n=n))
+    v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=20)
+    assert v.verdict == verdict, v.summary
+    assert v.values["gain"] == pytest.approx(losses["streaming"] - losses["head-aware"])
+
+
+def test_the_uniform_and_random_heads_plans_hold_the_head_aware_bytes() -> None:
+    from collections import Counter
+
+    from massact.kvcache import Plan
+    from massact.metrics.headtypes import FULL, Budget
+
+    ctx = context(sink_heads_gpt2(), "sinks")  # 2 layers x 4 heads x 4 KV heads
+    plan = Plan("ha", ((Budget(4, 8), FULL, Budget(0, 16), Budget(4, 8)), (Budget(4, 8),) * 4), kv_heads=4)
+    uniform = kv.streaming(ctx, plan.entries(32), 4)
+    assert {b.label() for row in uniform.budgets for b in row} == {"sink 4 + window 11"}  # 120 entries / 8 heads
+    assert uniform.entries(32) <= plan.entries(32) < uniform.entries(32) + 8
+    shuffled = kv.shuffled(plan)
+    kv_budgets = lambda p: Counter(b for l in range(2) for b in p.kv_budgets(l))  # noqa: E731
+    assert kv_budgets(shuffled) == kv_budgets(plan) and shuffled.entries(32) == plan.entries(32)
+    assert shuffled.budgets != plan.budgets
