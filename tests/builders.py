@@ -220,6 +220,53 @@ def sink_heads_gpt2(*, n_layer: int = 2, n_embd: int = 64, n_positions: int = 32
     return _finish(model)
 
 
+@torch.no_grad()
+def copy_head_gpt2(*, offset: int = 15, n_positions: int = 32, seed: int = 0) -> GPT2LMHeadModel:
+    """One block of 4 heads: head 0 copies the token ``offset`` positions back (its prediction of the
+    next token, on sequences that repeat with that period, needs the far key; before it, each
+    query reads itself); heads 1-3 attend to
+    the first token and write nothing. The MLP writes nothing.
+
+    Token embeddings are +-1 codes in the dims past the one-hot position code, tied to the output,
+    so the copied code makes its token the clear prediction.
+    """
+    n_embd, heads = 4 * n_positions, 4
+    config = GPT2Config(vocab_size=VOCAB, n_layer=1, n_embd=n_embd, n_head=heads, n_positions=n_positions,
+                        bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    tr, blk = model.transformer, model.transformer.h[0]
+    hd = n_embd // heads  # = n_positions: a head dim per position
+    tr.wpe.weight.zero_()
+    tr.wpe.weight[:, :n_positions] = POS_SCALE * torch.eye(n_positions)
+    tr.wte.weight.zero_()
+    tr.wte.weight[:, n_positions:] = (torch.randint(0, 2, (VOCAB, n_embd - n_positions)).float() * 2 - 1) * 0.1
+    for ln in (blk.ln_1, blk.ln_2, tr.ln_f):
+        ln.weight.fill_(1.0)
+        ln.bias.zero_()
+    blk.mlp.c_proj.weight.zero_()
+    blk.mlp.c_proj.bias.zero_()
+    w, b = blk.attn.c_attn.weight, blk.attn.c_attn.bias  # (n, 3n): [q | k | v]
+    w.zero_()
+    b.zero_()
+    on, off = math.sqrt(n_embd - 1), -1.0 / math.sqrt(n_embd - 1)
+    c = math.sqrt(_ATTN_MARGIN * math.sqrt(hd) / (on - off))
+    for t in range(n_positions):  # head 0: the query at t reads head dim t - offset (itself while t < offset)
+        w[t, t - offset if t >= offset else t] = c
+    for s in range(n_positions):
+        w[s, n_embd + s] = c
+    for h in range(1, heads):  # heads 1-3: a constant query, the key reads the position-0 code
+        b[h * hd] = c
+        w[0, n_embd + h * hd] = c
+    proj = blk.attn.c_proj
+    proj.weight.zero_()
+    proj.bias.zero_()
+    for j in range(hd):  # head 0's value: the token code (dims n_positions.. of the residual), written back
+        w[n_positions + j, 2 * n_embd + j] = 1.0
+        proj.weight[j, n_positions + j] = 30.0
+    return _finish(model)
+
+
 def char_tokenizer():
     """A character-level tokenizer whose ids fit the tiny models' vocabulary of 100."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from builders import sink_heads_gpt2, tiny_model
+from builders import copy_head_gpt2, sink_heads_gpt2, tiny_model
 from massact.arch import adapter_for
 from massact.checks import Context, kv
 from massact.checks.headtypes import HeadParams
@@ -22,8 +22,9 @@ from test_planted import record
 SHORT = dict(length=32, chunk=8)  # tiny models have 32-64 positions
 
 
-def context(model, name: str) -> Context:
-    """The long-document sources filled with random ids (tiny models have no tokenizer)."""
+def context(model, name: str, *, period: int | None = None) -> Context:
+    """The long-document sources filled with random ids (tiny models have no tokenizer); with ``period``
+    each 32-token sequence repeats its first ``period`` tokens."""
     lm = LoadedModel(spec=name, name=name, model=model, tokenizer=None, adapter=adapter_for(model.config),
                      dtype="float32", device="cpu")
     corpus = load_corpus(CorpusSettings(seqlen=16))
@@ -31,7 +32,9 @@ def context(model, name: str) -> Context:
     g = torch.Generator().manual_seed(0)
     for part in ("statistics", "held_out"):
         ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=g)
-        for chunk in (8, 32):
+        if period:
+            ids = ids[:, :period].repeat(1, 32 // period)
+        for chunk in (8, 16, 32):
             for spec in (name, f"{name}#random-init"):
                 engine.inputs[(spec, LongText(part, 32, chunk).key(corpus))] = ids.reshape(-1, chunk)
     return Context(lm, corpus, engine, n=4)
@@ -39,7 +42,7 @@ def context(model, name: str) -> Context:
 
 def short(claim_id: str, variant: str, **kw):
     rec = record(claim_id, variant)
-    return replace(rec, params=replace(rec.params, **SHORT, **kw))
+    return replace(rec, params=replace(rec.params, **{**SHORT, **kw}))
 
 
 @pytest.mark.parametrize("variant", ["documented_method", "correct_method"])
@@ -92,6 +95,25 @@ def test_head_aware_cache_end_to_end_on_a_tiny_model(variant) -> None:
     assert len(v.figures[0]["curves"]["head-aware"][0]) == 2
 
 
+def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens() -> None:
+    """Head 0 copies the token 15 back (the next token, on sequences of period 16) and heads 1-3 are
+    sink heads: the plan keeps head 0's whole cache, a uniform cache of equal bytes (window 13) loses
+    the copied key, and the same budgets dealt to random heads take it from head 0."""
+    ctx = context(copy_head_gpt2(), "copy", period=16)
+    v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=50)
+    assert v.verdict == "holds", v.summary
+    assert v.values["gain"] > 1.0 and v.values["gap_to_full"] == pytest.approx(0.0, abs=1e-4)
+    assert v.values["gain_random_heads"] < v.values["gain"] and v.controls == {"random_heads": False}
+    assert v.details["plans"]["head-aware"]["kv_heads"][0] == ["full"] + ["sink 4 + window 8"] * 3
+    assert v.details["plans"]["streaming"]["kv_heads"][0] == ["sink 4 + window 13"] * 4
+    # the documented method reads 16-token chunks, where head 0 reads itself or the chunk's first token:
+    # typed a sink head, its window of 8 drops the far key, and the claim is refuted
+    doc = judge(short("kv.head_aware", "documented_method", passkey=False, scales=(1.0,), chunk=16), ctx,
+                resamples=50)
+    assert doc.verdict == "refuted", doc.summary
+    assert doc.details["plans"]["head-aware"]["kv_heads"][0][0] == "sink 4 + window 8"
+
+
 @pytest.mark.parametrize("losses, verdict", [
     ({"full": 2.0, "head-aware": 2.1, "streaming": 2.5, "random heads": 2.4}, "holds"),
     ({"full": 2.0, "head-aware": 2.1, "streaming": 2.5, "random heads": 2.05}, "non-specific"),
@@ -124,7 +146,7 @@ def test_the_uniform_and_random_heads_plans_hold_the_head_aware_bytes() -> None:
 
     ctx = context(sink_heads_gpt2(), "sinks")  # 2 layers x 4 heads x 4 KV heads
     plan = Plan("ha", ((Budget(4, 8), FULL, Budget(0, 16), Budget(4, 8)), (Budget(4, 8),) * 4), kv_heads=4)
-    uniform = kv.streaming(ctx, plan.entries(32), 4)
+    uniform = kv.streaming(ctx.lm, plan.entries(32), 4)
     assert {b.label() for row in uniform.budgets for b in row} == {"sink 4 + window 11"}  # 120 entries / 8 heads
     assert uniform.entries(32) <= plan.entries(32) < uniform.entries(32) + 8
     shuffled = kv.shuffled(plan)

@@ -22,6 +22,7 @@ from massact.checks.base import Context, Measurement, Outcome, check
 from massact.checks.headtypes import HeadParams, classified, measure_heads, statistics_request
 from massact.kvcache import KVPolicy, Plan, full_plan
 from massact.metrics import headtypes as ht
+from massact.models import LoadedModel
 from massact.requests import KV_POINT, LOSS_POINT, LongText, Passkey, Request, long_documents
 
 MAPPING = {"documented_method": "documented", "correct_method": "correct"}
@@ -31,19 +32,19 @@ def _scaled(b: ht.Budget, scale: float) -> ht.Budget:
     return b if b.window is None else replace(b, window=max(1, round(b.window * scale)))
 
 
-def head_aware(ctx: Context, classes: list, mapping: str, scale: float = 1.0) -> Plan:
-    H = ctx.lm.adapter.n_heads(ctx.lm.config)
+def head_aware(lm: LoadedModel, classes: list, mapping: str, scale: float = 1.0) -> Plan:
+    H = lm.adapter.n_heads(lm.config)
     rows = tuple(tuple(_scaled(ht.budget(classes[l * H + h], mapping=mapping), scale) for h in range(H))
-                 for l in range(ctx.lm.n_layers))
-    return Plan(f"head-aware:{mapping}:x{scale:g}", rows, ctx.lm.adapter.n_kv_heads(ctx.lm.config))
+                 for l in range(lm.n_layers))
+    return Plan(f"head-aware:{mapping}:x{scale:g}", rows, lm.adapter.n_kv_heads(lm.config))
 
 
-def streaming(ctx: Context, entries: int, sink: int) -> Plan:
+def streaming(lm: LoadedModel, entries: int, sink: int) -> Plan:
     """Sink + one window for every head, holding ``entries`` KV entries."""
-    kv = ctx.lm.adapter.n_kv_heads(ctx.lm.config)
-    window = ht.uniform_window(entries, ctx.lm.n_layers * kv, sink)
-    return Plan.uniform(f"streaming:sink{sink}+{window}", ht.Budget(sink, window), layers=ctx.lm.n_layers,
-                        heads=ctx.lm.adapter.n_heads(ctx.lm.config), kv_heads=kv)
+    kv = lm.adapter.n_kv_heads(lm.config)
+    window = ht.uniform_window(entries, lm.n_layers * kv, sink)
+    return Plan.uniform(f"streaming:sink{sink}+{window}", ht.Budget(sink, window), layers=lm.n_layers,
+                        heads=lm.adapter.n_heads(lm.config), kv_heads=kv)
 
 
 def shuffled(plan: Plan, *, seed: int = 0) -> Plan:
@@ -96,16 +97,16 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
     _, classes = classified(per, p.method)
     L, H, K = ctx.lm.n_layers, ctx.lm.adapter.n_heads(ctx.lm.config), ctx.lm.adapter.n_kv_heads(ctx.lm.config)
     mapping = MAPPING[p.method]
-    plan = head_aware(ctx, classes, mapping)
+    plan = head_aware(ctx.lm, classes, mapping)
     plans = {"full": full_plan(layers=L, heads=H, kv_heads=K), "head-aware": plan,
-             "streaming": streaming(ctx, plan.entries(p.length), p.sink), "random heads": shuffled(plan)}
+             "streaming": streaming(ctx.lm, plan.entries(p.length), p.sink), "random heads": shuffled(plan)}
     n, T = len(long_documents("held_out")), p.length
     runs = {name: ctx.run(evaluation(pl, p), n=n) for name, pl in plans.items()}
     curve = {}  # scale -> (head-aware run, streaming run at its bytes)
     for s in p.scales:
-        ha = plan if s == 1.0 else head_aware(ctx, classes, mapping, s)
+        ha = plan if s == 1.0 else head_aware(ctx.lm, classes, mapping, s)
         curve[s] = (ctx.run(evaluation(ha, p), n=n),
-                    ctx.run(evaluation(streaming(ctx, ha.entries(T), p.sink), p), n=n))
+                    ctx.run(evaluation(streaming(ctx.lm, ha.entries(T), p.sink), p), n=n))
     passkey, tps = {}, {}
     if p.passkey:
         answers = p.probe_source.answers()
