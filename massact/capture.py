@@ -60,8 +60,10 @@ def replace_first(x, new: torch.Tensor):
 class Reducer:
     """Streaming per-sample statistic: update() per batch, result() at the end."""
 
-    def update(self, a: torch.Tensor, mask: torch.Tensor, absa: torch.Tensor) -> None:
-        """a (B, T, D), mask (B, T), absa = masked_abs(a, mask), computed once for all reducers of a point."""
+    def update(self, a: torch.Tensor, mask: torch.Tensor, absa: torch.Tensor,
+               token_max: torch.Tensor | None = None) -> None:
+        """a (B, T, D), mask (B, T), absa = masked_abs(a, mask) and token_max = absa.amax(2) (B, T),
+        computed once for all reducers of a point (attention points: absa is a itself, token_max None)."""
         raise NotImplementedError
 
     def result(self) -> dict[str, torch.Tensor]:
@@ -81,11 +83,17 @@ class TopK(Reducer):
         self.k = k
         self.parts: dict[str, list[torch.Tensor]] = {"top_abs": [], "top_value": [], "top_token": [], "top_feature": []}
 
-    def update(self, a, mask, absa):
+    def update(self, a, mask, absa, token_max=None):
         B, T, D = a.shape
+        k = min(self.k, T * D)
+        tmax = absa.amax(dim=2) if token_max is None else token_max
         if not mask.bool().all():  # a padded token is never picked, not even among zeros
-            absa = absa.masked_fill(~mask.bool()[..., None], -1.0)
-        vals, idx = absa.reshape(B, T * D).topk(min(self.k, T * D), dim=1)  # (B, k)
+            tmax = tmax.masked_fill(~mask.bool(), -1.0)
+        # the k largest entries lie in the k tokens with the largest maxima: search those alone
+        toks = tmax.topk(min(k, T), dim=1).indices  # (B, <=k)
+        sub = absa.gather(1, toks[..., None].expand(-1, -1, D))  # (B, <=k, D)
+        vals, j = sub.reshape(B, -1).topk(k, dim=1)  # (B, k)
+        idx = toks.gather(1, j // D) * D + j % D  # positions in the (T * D) entries of a sample
         signed = a.detach().float().reshape(B, T * D).gather(1, idx)
         self.parts["top_abs"].append(vals)
         self.parts["top_value"].append(signed)
@@ -102,7 +110,7 @@ class Median(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask, absa):
+    def update(self, a, mask, absa, token_max=None):
         if mask.bool().all():  # one call for the batch
             self.parts.append(absa.reshape(a.shape[0], -1).median(dim=1).values)
             return
@@ -119,7 +127,7 @@ class FeatureMax(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask, absa):
+    def update(self, a, mask, absa, token_max=None):
         self.parts.append(absa.amax(dim=1))
 
     def result(self):
@@ -132,8 +140,8 @@ class TokenMax(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask, absa):
-        self.parts.append(absa.amax(dim=2))
+    def update(self, a, mask, absa, token_max=None):
+        self.parts.append(absa.amax(dim=2) if token_max is None else token_max)
 
     def result(self):
         return {"token_max": torch.cat(self.parts)}
@@ -145,7 +153,7 @@ class Keep(Reducer):
     def __init__(self):
         self.parts: list[torch.Tensor] = []
 
-    def update(self, a, mask, absa):
+    def update(self, a, mask, absa, token_max=None):
         self.parts.append(a.detach().float().masked_fill(~mask.bool()[..., None], 0.0))
 
     def result(self):
@@ -163,7 +171,7 @@ class HeadStats(Reducer):
         self.sink = sink
         self.parts: dict[str, list[torch.Tensor]] = {"first_incl": [], "first_excl": [], "sink": [], "entropy": []}
 
-    def update(self, a, mask, absa):
+    def update(self, a, mask, absa, token_max=None):
         a = a.detach().float()  # (B, H, T, T)
         q = mask.float()[:, None, :]  # (B, 1, T): which queries count
         q1 = q.clone()
@@ -189,7 +197,7 @@ class HeadProfile(Reducer):
     def __init__(self):
         self.parts: dict[str, list[torch.Tensor]] = {}
 
-    def update(self, a, mask, absa):
+    def update(self, a, mask, absa, token_max=None):
         if not mask.bool().all():
             raise ValueError("head profiles are taken over whole samples: padding is not supported")
         for k, v in attention_profile(a).items():
@@ -282,15 +290,19 @@ def capture(
                     f"{p.name}: the attention module returned no probabilities; massact runs these passes with "
                     "eager attention, and this model's attention gives none there: its head statistics cannot be read")
             mask = mask_ref["mask"]
-            # attention probabilities (B, H, T, T) are masked by HeadStats itself
-            absa = masked_abs(t, mask) if t.dim() == 3 else t.detach().float().abs()
-            if not torch.isfinite(absa.amax()):  # the max of |t| is inf or nan where any entry is
+            if t.dim() != 3:  # attention probabilities (B, H, T, T): non-negative, masked by their reducers
+                for r in reducers[p.name]:
+                    r.update(t, mask, t.detach().float())
+                return
+            absa = masked_abs(t, mask)
+            token_max = absa.amax(dim=2)  # (B, T): shared by the reducers, and inf or nan where any entry is
+            if not torch.isfinite(token_max).all():
                 raise ActivationOverflow(
                     f"activations at {p.name} reached inf/nan in {t.dtype}; massive activations can "
                     "pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
                 )
             for r in reducers[p.name]:
-                r.update(t, mask, absa)
+                r.update(t, mask, absa, token_max)
 
         def pick(x):
             return x[p.item] if isinstance(x, (tuple, list)) else x
