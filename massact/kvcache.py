@@ -202,8 +202,9 @@ def grouped_attention(module: nn.Module, query: torch.Tensor, key: GroupedKV, va
         heads = [h for k in g.kv for h in range(k * key.rep, (k + 1) * key.rep)]
         budgets = [key.budgets[h] for h in heads]
         kp = g.pos[None, :]  # (1, n)
-        sink = torch.tensor([b.sink for b in budgets])[:, None, None]  # (n_q, 1, 1)
-        window = torch.tensor([b.window if b.window is not None else 1 << 40 for b in budgets])[:, None, None]
+        sink = torch.tensor([b.sink for b in budgets], device=kp.device)[:, None, None]  # (n_q, 1, 1)
+        window = torch.tensor([b.window if b.window is not None else 1 << 40 for b in budgets],
+                              device=kp.device)[:, None, None]
         visible = (kp <= qp) & ((kp < sink) | (kp >= qp - window))  # (n_q, q, n)
         if sliding_window is not None:
             visible = visible & (qp - kp < sliding_window)
@@ -216,7 +217,7 @@ def grouped_attention(module: nn.Module, query: torch.Tensor, key: GroupedKV, va
             scores = torch.tanh(torch.matmul(query[:, heads], k_.transpose(2, 3)) * scaling / softcap) * softcap
             scores = scores.masked_fill(~visible[None], torch.finfo(scores.dtype).min)
             o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(query.dtype), v_)
-        live = torch.tensor([not b.prune for b in budgets], dtype=o.dtype)
+        live = torch.tensor([not b.prune for b in budgets], dtype=o.dtype, device=o.device)
         out[:, :, heads] = (o * live[None, :, None, None]).transpose(1, 2)  # a pruned query head writes nothing
     return out, None
 

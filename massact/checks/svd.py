@@ -23,7 +23,7 @@ N_DIRECTIONS = 5  # v1..v5: v2..v5 are the other-singular-direction controls
 
 def down_singular(ctx: Context, layer: int, *, k: int = N_DIRECTIONS) -> svd.Singular:
     """Top-k singular triplets of the layer's down projection (out, in), unoriented."""
-    return svd.top_singular(ctx.lm.adapter.down_weight(ctx.lm.model, layer), k)
+    return svd.top_singular(ctx.lm.adapter.down_weight(ctx.lm.model, layer).cpu(), k)
 
 
 @dataclass(frozen=True, kw_only=True)
