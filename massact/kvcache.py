@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -96,15 +96,32 @@ class _Group:
     keys: torch.Tensor | None = None  # (B, len(kv), n, D)
     values: torch.Tensor | None = None
     pos: torch.Tensor | None = None  # (n,) absolute positions of the entries
+    _heads: dict = field(default_factory=dict)  # device -> the query heads' budgets as tensors
 
     def evict(self, seen: int) -> None:
-        """Keep what the next query (at position ``seen``) may read: sinks and the last window."""
+        """Keep what the next query (at position ``seen``) may read: sinks and the last window.
+
+        The entries held are always the first positions (up to ``sink``) and then a contiguous run
+        ending at the newest, so what to keep is counted, not searched (no device sync).
+        """
         b = self.budget
-        if self.pos is None or b.full:
+        if self.keys is None or b.full:
             return
-        keep = (self.pos < b.sink) | (self.pos >= seen - b.window)
-        if not bool(keep.all()):
-            self.keys, self.values, self.pos = self.keys[:, :, keep], self.values[:, :, keep], self.pos[keep]
+        head, tail = min(b.sink, seen), max(0, min(b.window, seen - b.sink))
+        n = self.keys.shape[2]
+        if head + tail < n:
+            keep = lambda t: torch.cat([t[..., :head, :], t[..., n - tail:, :]], dim=-2)  # noqa: E731
+            self.keys, self.values = keep(self.keys), keep(self.values)
+            self.pos = torch.cat([self.pos[:head], self.pos[n - tail:]])
+
+    def head_tensors(self, budgets: list[Budget], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sink, window, live) of the group's query heads, (n_q, 1, 1) each, made once per device."""
+        if device not in self._heads:
+            col = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=device)[:, None, None]  # noqa: E731
+            self._heads[device] = (col([b.sink for b in budgets], torch.long),
+                                   col([b.window if b.window is not None else 1 << 40 for b in budgets], torch.long),
+                                   col([not b.prune for b in budgets], torch.bool))
+        return self._heads[device]
 
     def append(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
         k, v = k[:, self.kv], v[:, self.kv]
@@ -200,25 +217,21 @@ def grouped_attention(module: nn.Module, query: torch.Tensor, key: GroupedKV, va
     out = query.new_zeros(B, q, H, D)
     for g in key.groups:
         heads = [h for k in g.kv for h in range(k * key.rep, (k + 1) * key.rep)]
-        budgets = [key.budgets[h] for h in heads]
+        sink, window, live = g.head_tensors([key.budgets[h] for h in heads], query.device)
         kp = g.pos[None, :]  # (1, n)
-        sink = torch.tensor([b.sink for b in budgets], device=kp.device)[:, None, None]  # (n_q, 1, 1)
-        window = torch.tensor([b.window if b.window is not None else 1 << 40 for b in budgets],
-                              device=kp.device)[:, None, None]
         visible = (kp <= qp) & ((kp < sink) | (kp >= qp - window))  # (n_q, q, n)
         if sliding_window is not None:
             visible = visible & (qp - kp < sliding_window)
-        k_ = g.keys.repeat_interleave(key.rep, dim=1)  # (B, n_q, n, D): each query head reads its KV head
-        v_ = g.values.repeat_interleave(key.rep, dim=1)
-        if softcap is None:
-            o = torch.nn.functional.scaled_dot_product_attention(query[:, heads], k_, v_, attn_mask=visible[None],
-                                                                 scale=scaling)
+        if softcap is None:  # each query head reads its KV head (grouped-query attention, no copy)
+            o = torch.nn.functional.scaled_dot_product_attention(query[:, heads], g.keys, g.values,
+                                                                 attn_mask=visible[None], scale=scaling,
+                                                                 enable_gqa=key.rep > 1)
         else:  # logits capped before the softmax (Gemma 2): by hand
+            k_, v_ = g.keys.repeat_interleave(key.rep, dim=1), g.values.repeat_interleave(key.rep, dim=1)
             scores = torch.tanh(torch.matmul(query[:, heads], k_.transpose(2, 3)) * scaling / softcap) * softcap
             scores = scores.masked_fill(~visible[None], torch.finfo(scores.dtype).min)
             o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(query.dtype), v_)
-        live = torch.tensor([not b.prune for b in budgets], dtype=o.dtype, device=o.device)
-        out[:, :, heads] = (o * live[None, :, None, None]).transpose(1, 2)  # a pruned query head writes nothing
+        out[:, :, heads] = (o * live[None]).transpose(1, 2)  # a pruned query head writes nothing
     return out, None
 
 
