@@ -223,6 +223,18 @@ def test_plugin_baseline_fails_on_a_changed_threshold_and_update_rewrites(pytest
     assert by_claim(json.loads(base.read_text()), "massive.exists")["verdict"] == "holds"
 
 
+def test_a_run_cut_short_does_not_update_the_baseline(pytester, claims_dir, tiny):
+    base = pytester.path / "baseline.json"
+    assert run(pytester, tiny, "--baseline", str(base)).ret == 1  # no baseline yet: written from this run
+    before = base.read_text()
+    cut = pytester.runpytest_subprocess("claims", "-k", "massive", "--model", str(tiny), "--nsamples", "2",
+                                        "--seqlen", "32", "--resamples", "0", "-p", "no:cacheprovider", "-x",
+                                        "--baseline", str(base), "--update-baseline")
+    assert cut.ret == 1 and base.read_text() == before
+    cut.stdout.fnmatch_lines(["*INCOMPLETE (the run stopped early): * collected items were not judged*",
+                              "*baseline NOT updated: this run is incomplete*is unchanged*"])
+
+
 def test_update_baseline_needs_a_path(pytester, claims_dir, tiny):
     res = run(pytester, tiny, "--update-baseline")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
