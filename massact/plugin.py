@@ -220,8 +220,8 @@ class ClaimItem(pytest.Item):
         if not on or not self.spec or session.identity(self.spec) == on:
             return None
         known = models.KNOWN.get(on)
-        spec = known.hub_ids[0] if known and known.hub_ids else on
-        hint = f"run with --model {spec} to compare the document's numbers"
+        hint = f"run with --model {known.hub_ids[0] if known and known.hub_ids else on} to compare the document's " \
+               "numbers"
         lm = session.loaded.get(self.spec)
         if isinstance(lm, models.LoadedModel) and known and known.fits(lm.config):
             weights = (lm.provenance.get("weights_sha256") or "unknown")[:12]
@@ -336,7 +336,8 @@ class Controller:
         return time.perf_counter() - self.t0
 
     def pytest_collection_finish(self, session):
-        self.run.expected = {i.nodeid for i in session.items if isinstance(i, ClaimItem)}
+        if not self.config.option.collectonly:  # a run that only lists its items writes nothing
+            self.run.expected = {i.nodeid for i in session.items if isinstance(i, ClaimItem)}
 
     def pytest_deselected(self, items):
         self.run.deselected |= {i.nodeid for i in items if isinstance(i, ClaimItem)}
@@ -391,7 +392,7 @@ class Controller:
             if doc is not None:
                 self._report_and_baseline(doc)
         verdicts = {e["verdict"] for e in self.run.results}
-        self.all_skipped = verdicts == {"skipped"} and not self.config.getoption("allow_all_skipped")
+        self.all_skipped = self.complete and verdicts == {"skipped"} and not self.config.getoption("allow_all_skipped")
         if session.exitstatus == pytest.ExitCode.OK:
             if self.write_error or self.report_failed or self.baseline_failed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED

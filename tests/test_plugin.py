@@ -256,6 +256,11 @@ def test_results_and_report_are_readable_by_all(pytester, claims_dir, tiny_dir):
                                                                             "report.html": 0o644}
 
 
+def test_a_run_that_only_collects_writes_nothing(pytester, claims_dir, tiny_dir):
+    res = run(pytester, "claims", "--model", str(tiny_dir("gpt2")), "--collect-only", "-q")
+    assert res.ret == 0 and not (pytester.path / "reports").exists()
+
+
 def test_interrupted_run_keeps_finished_items(pytester, claims_dir, tiny_dir):
     pytester.makeconftest("""
         import pytest
