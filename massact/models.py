@@ -215,8 +215,8 @@ def check_device(device: str) -> None:
         raise BadOption(f"--device {device!r}: this machine has no {d.type} device that torch {torch.__version__} "
                         "can use; run with --device cpu")
     if d.index is not None and d.index >= count:
-        raise BadOption(f"--device {device!r}: this machine has {count} {d.type} device(s), {d.type}:0 to "
-                        f"{d.type}:{count - 1}")
+        have = f"{d.type}:0" if count == 1 else f"{d.type}:0 to {d.type}:{count - 1}"
+        raise BadOption(f"--device {device!r}: this machine has {count} {d.type} device(s): {have}")
 
 
 def cache_root() -> Path:
