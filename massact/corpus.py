@@ -57,12 +57,25 @@ def load_corpus(settings: CorpusSettings) -> Corpus:
     if not path.exists():
         raise CorpusError(f"corpus {path} does not exist; pass --corpus FILE_OR_DIR with .txt files")
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-    text = "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
+    text = "\n\n".join(_read_text(f) for f in files)
     if not text.strip():
         raise CorpusError(f"corpus {path} is empty (no text in {len(files)} .txt files); "
                           "point --corpus at a file or directory of plain text")
     return Corpus(settings, path.stem if path.is_file() else path.name, text,
                   hashlib.sha256(text.encode()).hexdigest())
+
+
+def _read_text(f: Path) -> str:
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"corpus file {f} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "pass plain text files, or convert this one to UTF-8") from None
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {f}: {e.strerror or e}") from None
+    if "\x00" in text:
+        raise CorpusError(f"corpus file {f} holds NUL bytes: it is binary, not text; pass plain text files")
+    return text.strip()
 
 
 def samples(corpus: Corpus, tokenizer, *, context: int) -> torch.Tensor:
@@ -75,12 +88,14 @@ def samples(corpus: Corpus, tokenizer, *, context: int) -> torch.Tensor:
     if s.seqlen > context:
         raise SequenceTooLong(f"--seqlen {s.seqlen} exceeds the model's context of {context} tokens; "
                               f"use --seqlen {context} or less")
-    ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
+    # the whole text at once, chunked below: longer than the model's context on purpose, so
+    # transformers' warning about it (verbose) would only mislead
+    ids = tokenizer(corpus.text, add_special_tokens=False, verbose=False)["input_ids"]
     start = bos_id(tokenizer) if s.bos else None
     body = s.seqlen - (start is not None)
     n_chunks = len(ids) // body
     if n_chunks == 0:
-        raise CorpusError(f"corpus {corpus.name} has {len(ids)} tokens, fewer than one sample of {body}; "
+        raise CorpusError(f"the corpus {corpus.settings.path} has {len(ids)} tokens, fewer than one sample of {body}; "
                           "lower --seqlen or add text")
     order = torch.randperm(n_chunks, generator=torch.Generator().manual_seed(s.seed))
     chunks = torch.tensor([ids[i * body:(i + 1) * body] for i in order.tolist()])
@@ -92,8 +107,9 @@ def samples(corpus: Corpus, tokenizer, *, context: int) -> torch.Tensor:
 def first(chunks: torch.Tensor, n: int, corpus: Corpus) -> torch.Tensor:
     """The first n samples; a clear error when the corpus has fewer."""
     if n > len(chunks):
-        raise CorpusError(f"corpus {corpus.name} gives {len(chunks)} samples of {corpus.settings.seqlen} tokens, "
-                          f"fewer than the {n} asked for; lower --nsamples or --seqlen, or add text")
+        raise CorpusError(f"the corpus {corpus.settings.path} gives {len(chunks)} samples of "
+                          f"{corpus.settings.seqlen} tokens, fewer than the {n} asked for; lower --nsamples or "
+                          "--seqlen, or add text")
     return chunks[:n]
 
 

@@ -6,6 +6,10 @@ class MassactError(Exception):
     """Base class: a problem with the user's input or environment, not a bug."""
 
 
+class BadOption(MassactError):
+    """An option value that cannot work (--device, --batch-size, --resamples, --report-dir): found at start-up."""
+
+
 class UnknownModel(MassactError):
     """A --model spec that names no built-in model, path or hub id."""
 

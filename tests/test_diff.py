@@ -71,6 +71,85 @@ def test_entries_on_one_side_are_notes_and_single_models_are_paired():
     assert diff.compare(base, other) == []  # one model each side: compared as two revisions
 
 
+def with_nodeids(doc: dict) -> dict:
+    """``doc`` as a run of schema 3 writes it: node ids, and the lists of items not run and deselected."""
+    for r in doc["results"]:
+        r["nodeid"] = f"claims/{r['claim'].split('.')[0]}.toml::{r['claim']}/{r.get('variant', '')}[{r['model']}]"
+    return {**doc, "not_run": [], "deselected": []}
+
+
+def item(entry: dict) -> dict:
+    return {k: entry.get(k) for k in ("nodeid", "claim", "variant", "model", "spec")}
+
+
+def test_a_baseline_item_missing_from_a_complete_run_fails_unless_the_run_left_it_out():
+    base = with_nodeids(synthetic_doc())
+    new = with_nodeids(synthetic_doc())
+    gone = by_claim(new, "ablate.mlp_all")
+    new["results"].remove(gone)
+    (change,) = diff.compare(base, new)
+    assert change.failing and change.kind == "only-baseline" and change.after.startswith("missing")
+    for where, failing in (("deselected", False), ("not_run", True)):  # -k, or a run cut short
+        changes = diff.compare(base, {**new, where: [item(gone)]})
+        assert [c.failing for c in changes] == [failing], changes
+    other_file = copy.deepcopy(base)  # a claims file this run did not collect (pytest claims/massive.toml)
+    by_claim(other_file, "ablate.mlp_all")["nodeid"] = "claims/elsewhere.toml::ablate.mlp_all/general[toy-12l]"
+    assert [c.failing for c in diff.compare(other_file, new)] == [False]
+
+
+def test_models_are_their_identity_not_their_label():
+    """Two directories named "model": never merged, and the order they were given in does not matter."""
+    base = with_nodeids(synthetic_doc())
+    one, two = base["results"][0], copy.deepcopy(base["results"][0])
+    one.update(spec="/x/a/model", model="a/model", verdict="holds")
+    two.update(spec="/x/b/model", model="b/model", verdict="refuted")
+    base["results"] = [one, two]
+    base["models"] = {"/x/a/model": {"label": "a/model", "weights_sha256": "a" * 64},
+                      "/x/b/model": {"label": "b/model", "weights_sha256": "b" * 64}}
+    swapped = {**base, "results": [two, one]}
+    assert diff.compare(base, swapped) == []
+    # the same weights moved elsewhere: paired by their hash, labels shown on both sides
+    moved = copy.deepcopy(swapped)
+    for r in moved["results"]:
+        r["spec"] = r["spec"].replace("/x/", "/y/")
+        r["model"] = r["model"].replace("a/", "old-a/").replace("b/", "old-b/")
+    moved["models"] = {k.replace("/x/", "/y/"): {**v, "label": "old-" + v["label"]} for k, v in base["models"].items()}
+    assert diff.compare(base, moved) == []
+    moved["results"][1]["verdict"] = "refuted"  # a/model's verdict changed: reported on a/model alone
+    (change,) = diff.compare(base, moved)
+    assert change.failing and change.model == "a/model -> old-a/model"
+
+
+def test_a_verdict_undecided_on_fewer_samples_is_a_note():
+    base, new = synthetic_doc(), synthetic_doc()
+    r = by_claim(new, "massive.exists")
+    r.update(verdict="inconclusive", samples=3)
+    r["bootstrap"] = {**r["bootstrap"], "samples": 3}
+    r["values"]["margin"] = 8.3 * 2  # and its value moved: measured on other samples
+    (change,) = diff.compare(base, new)
+    assert not change.failing and change.kind == "fewer-samples" and "on 3 samples, baseline 10" in change.after
+    r["verdict"] = "refuted"  # a decided change is a change, whatever the samples
+    assert [c.failing for c in diff.compare(base, new)] == [True]
+    r.update(verdict="holds")
+    assert [(c.kind, c.failing) for c in diff.compare(base, new)] == [("fewer-samples", False)]
+    r.update(samples=10)
+    r["bootstrap"]["samples"] = 10
+    assert [(c.kind, c.failing) for c in diff.compare(base, new)] == [("value", True)]
+
+
+def test_an_incomplete_run_never_becomes_the_baseline(tmp_path):
+    doc = {**synthetic_doc(), "complete": False, "not_run": [{"claim": "massive.exists"}]}
+    path = tmp_path / "base.json"
+    out = diff.check_baseline(doc, path, update=False)  # no baseline yet: not written from this run
+    assert out.failed and not path.exists() and "NOT written: this run is incomplete" in out.lines[0]
+    path.write_text(json.dumps(synthetic_doc()))
+    before = path.read_text()
+    out = diff.check_baseline(doc, path, update=True)
+    assert out.failed and path.read_text() == before
+    assert out.lines == [f"baseline NOT updated: this run is incomplete (1 collected items not judged); "
+                         f"{path} is unchanged"]
+
+
 def test_provenance_names_each_side():
     base, new = synthetic_doc(), synthetic_doc()
     new["models"]["toy-12l"]["weights_sha256"] = "feedbeef" * 8
@@ -142,6 +221,18 @@ def test_plugin_baseline_fails_on_a_changed_threshold_and_update_rewrites(pytest
     assert updated.ret == 0
     updated.stdout.fnmatch_lines(["*baseline updated:*"])
     assert by_claim(json.loads(base.read_text()), "massive.exists")["verdict"] == "holds"
+
+
+def test_a_run_cut_short_does_not_update_the_baseline(pytester, claims_dir, tiny):
+    base = pytester.path / "baseline.json"
+    assert run(pytester, tiny, "--baseline", str(base)).ret == 1  # no baseline yet: written from this run
+    before = base.read_text()
+    cut = pytester.runpytest_subprocess("claims", "-k", "massive", "--model", str(tiny), "--nsamples", "2",
+                                        "--seqlen", "32", "--resamples", "0", "-p", "no:cacheprovider", "-x",
+                                        "--baseline", str(base), "--update-baseline")
+    assert cut.ret == 1 and base.read_text() == before
+    cut.stdout.fnmatch_lines(["*INCOMPLETE (the run stopped early): * collected items were not judged*",
+                              "*baseline NOT updated: this run is incomplete*is unchanged*"])
 
 
 def test_update_baseline_needs_a_path(pytester, claims_dir, tiny):

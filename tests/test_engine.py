@@ -24,7 +24,7 @@ class _Chars:
 
     bos_token_id = 0
 
-    def __call__(self, text, add_special_tokens=False, return_tensors=None):
+    def __call__(self, text, add_special_tokens=False, return_tensors=None, verbose=True):
         ids = [ord(c) % 100 for c in text]
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 

@@ -296,7 +296,7 @@ class _CharTokenizer:
 
     bos_token_id = 0
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+    def __call__(self, text: str, add_special_tokens: bool = False, verbose: bool = True) -> dict:
         return {"input_ids": [ord(c) % 100 for c in text]}
 
 

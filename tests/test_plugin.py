@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from builders import SUPPORTED_ARCHS, planted_gpt2, save_tiny, tiny_model
+from massact.claims import Claim, load_records
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 TINY = ["--nsamples", "2", "--seqlen", "32", "-p", "no:cacheprovider"]
@@ -51,9 +52,13 @@ def outcome(entry: dict) -> str:
     """The pytest outcome an entry of results.json must have had."""
     if entry["verdict"] == "skipped":
         return "skipped"
-    if entry.get("expected") in (None, "holds"):
-        return "passed" if entry["verdict"] == "holds" else "failed"
-    return "xfailed" if entry["verdict"] == entry["expected"] else "failed"
+    want = entry.get("expected") or "holds"
+    if entry["verdict"] == want:
+        return "passed" if want == "holds" else "xfailed"
+    record = next(r for path in CLAIMS.glob("*.toml") for r in load_records(path)
+                  if isinstance(r, Claim) and (r.id, r.variant) == (entry["claim"], entry["variant"]))
+    fewer = entry.get("samples") is not None and entry["samples"] < record.nsamples
+    return "xfailed" if entry["verdict"] == "inconclusive" and fewer else "failed"
 
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
@@ -97,6 +102,107 @@ def test_hub_model_without_weights_skips_with_how_to_get_them(pytester, claims_d
     res.stdout.fnmatch_lines(["*gpt2: weights not in the local cache*huggingface-cli download gpt2*"])
 
 
+def test_a_run_where_every_item_skipped_fails_unless_allowed(pytester, claims_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ("claims", "-k", "massive.exists", "--model", "EleutherAI/pythia-410m")
+    res = run(pytester, *args)
+    assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    res.stdout.fnmatch_lines(["every item skipped: no claim was checked, so this run fails (exit 5); "
+                              "--allow-all-skipped accepts it"])
+    assert run(pytester, *args, "--allow-all-skipped").ret == pytest.ExitCode.OK
+
+
+def test_a_mistyped_path_is_a_usage_error_not_a_hub_id(pytester, claims_dir):
+    (pytester.path / "models").mkdir()
+    res = run(pytester, "claims", "--model", "models/nothere")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*model path 'models/nothere' does not exist (models exists, but holds no 'nothere')*"])
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--device", "bogus"], "--device 'bogus' is not a torch device"),
+    (["--device", "cuda"], "--device 'cuda': this machine has no cuda device"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
+    (["--resamples", "-5"], "--resamples must be 0 (no bootstrap interval) or more, not -5"),
+    (["--corpus", "empty"], "corpus empty is empty (no text in 0 .txt files)"),
+    (["--corpus", "nothere"], "corpus nothere does not exist"),
+    (["--corpus", "latin1.txt"], "corpus file latin1.txt is not UTF-8 text (byte 0xe9 at offset 3)"),
+    (["--report-dir", "afile/reports"], "--report-dir */afile/reports: */afile is not a directory*"),
+], ids=["device", "device-absent", "batch-size", "resamples", "corpus-empty", "corpus-missing", "corpus-encoding",
+        "report-dir"])
+def test_what_can_be_checked_before_loading_is_a_usage_error(pytester, claims_dir, tiny_dir, option, message):
+    import torch
+
+    if option[-1] == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    (pytester.path / "empty").mkdir()
+    (pytester.path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    (pytester.path / "afile").write_text("a file, not a directory")
+    res = run(pytester, "claims", "--model", str(tiny_dir("gpt2")), *option)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"ERROR: {message}*"])
+    assert not (pytester.path / "reports").exists()
+
+
+def test_models_are_told_apart_by_identity_not_by_name(pytester, claims_dir, tiny_dir):
+    """Two directories named "model" stay two models; one named after a known model is not it."""
+    for parent, arch in (("a", "gpt2"), ("b", "llama"), ("c", "bert")):
+        shutil.copytree(tiny_dir(arch), pytester.path / parent / ("gpt2" if parent == "c" else "model"))
+    shutil.copytree(tiny_dir("bert"), pytester.path / "d" / "minilm-l6")
+    res = run(pytester, "claims", "-k", "massive.exists", "--model", "a/model", "--model", "b/model",
+              "--model", "c/gpt2", "--model", "d/minilm-l6")
+    doc = results(pytester)
+    labels = {m["label"]: spec for spec, m in doc["models"].items()}
+    assert labels == {"a/model": str(pytester.path / "a/model"), "b/model": str(pytester.path / "b/model"),
+                      "c/gpt2": str(pytester.path / "c/gpt2"), "d/minilm-l6": str(pytester.path / "d/minilm-l6")}
+    general = {r["model"]: r for r in doc["results"] if r["variant"] == "general"}
+    assert {r["spec"] for r in general.values()} == set(labels.values())
+    assert general["a/model"]["expected"] is None and general["d/minilm-l6"]["expected"] is None  # not minilm's
+    documented = [r for r in doc["results"] if r["variant"] == "gpt2"]
+    assert {r["verdict"] for r in documented} == {"skipped"}  # c/gpt2 is not gpt2: its architecture says so
+    assert "this item's model is c/gpt2" in next(r for r in documented if r["model"] == "c/gpt2")["reason"]
+    res.assert_outcomes(failed=4, skipped=4)  # refuted on random weights, with no expectation recorded
+
+
+def test_malformed_records_fail_alone_naming_file_record_and_field(pytester, tiny_dir):
+    (pytester.path / "claims").mkdir()
+    first, second = (CLAIMS / "massive.toml").read_text().split("[[claim]]")[1:3]
+    bad_param = first.replace("params = {}", 'params = { min_abs = "100" }')
+    bad_threshold = second.replace('threshold = "each ratio', 'threshold = 25 # "each ratio')
+    (pytester.path / "claims" / "massive.toml").write_text(
+        "\n".join(f"[[claim]]{r}" for r in (bad_param, bad_threshold, first, first)))
+    (pytester.path / "claims" / "again.toml").write_text(f"[[claim]]{first}")
+    res = run(pytester, "claims", "--model", str(tiny_dir("gpt2")), "-k", "not layer_profile")
+    res.stdout.fnmatch_lines_random([
+        "*malformed claim record: massive.toml record 0 (massive.exists/general): "
+        "field 'params.min_abs' must be a number, not '100'",
+        "*malformed claim record: massive.toml record 1 (massive.exists/gpt2): field 'threshold' must be a str, not 25",
+        "*malformed claim record: massive.toml record 3 (massive.exists/general): fields 'id' and 'variant': "
+        "massive.exists/general is defined twice in this file",
+        "*malformed claim record: massive.toml (massive.exists/general): fields 'id' and 'variant': "
+        "massive.exists/general is also defined in */claims/again.toml; rename one of them"])
+    doc = results(pytester)  # four bad records, four entries; and again.toml's record, judged
+    assert sorted(r["verdict"] for r in doc["results"]) == ["bad-record"] * 4 + ["refuted"]
+    res.assert_outcomes(failed=5)
+
+
+def test_fewer_samples_than_the_record_s_are_not_a_changed_verdict(pytester, claims_dir):
+    """minilm-l6's recorded non-specific, on 3 of the record's 20 samples, is inconclusive: an xfail
+    that says so. With the record's own count set to 3, the same verdict is a change, and fails."""
+    args = ("claims", "-k", "top_vs_bottom_heads and documented_method", "--model", "minilm-l6", "--seqlen", "128")
+    res = pytester.runpytest_subprocess(*args, "--nsamples", "3", "-rx", "-p", "no:cacheprovider")
+    res.assert_outcomes(xfailed=1)
+    res.stdout.fnmatch_lines(["*inconclusive on 3 samples, fewer than the record's 20, on which it expects "
+                              "non-specific: run without --nsamples to check that*"])
+    assert results(pytester)["results"][0]["samples"] == 3
+    toml = claims_dir / "ablate.toml"
+    head, rest = toml.read_text().split('variant = "documented_method"', 1)
+    toml.write_text(head + 'variant = "documented_method"' + rest.replace("nsamples = 20", "nsamples = 3", 1))
+    res = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*verdict changed: recorded non-specific*now inconclusive*"])
+
+
 def test_malformed_record_fails_alone_naming_the_field(pytester, tiny_dir):
     (pytester.path / "claims").mkdir()
     good = (CLAIMS / "massive.toml").read_text().split("[[claim]]")[1]
@@ -113,14 +219,6 @@ def test_sequence_longer_than_the_context(pytester, claims_dir, tiny_dir):
                                         str(tiny_dir("gpt2")), "--nsamples", "2", "--seqlen", "100")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*--seqlen 100 exceeds the model's context of 64 tokens*"])
-
-
-def test_empty_corpus(pytester, claims_dir, tiny_dir):
-    (pytester.path / "empty").mkdir()
-    res = run(pytester, "claims", "-k", "massive.exists/general", "--model", str(tiny_dir("gpt2")),
-              "--corpus", str(pytester.path / "empty"))
-    res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["*corpus*is empty*"])
 
 
 def test_truncated_weights(pytester, claims_dir, tiny_dir):
@@ -151,6 +249,18 @@ def test_float16_overflow_is_reported(pytester, claims_dir, tmp_path):
     assert "During handling" not in res.stdout.str()
 
 
+def test_results_and_report_are_readable_by_all(pytester, claims_dir, tiny_dir):
+    run(pytester, "claims", "-k", "massive.exists/general", "--model", str(tiny_dir("gpt2")))
+    run_dir = next((pytester.path / "reports").iterdir())
+    assert {f.name: f.stat().st_mode & 0o777 for f in run_dir.iterdir()} == {"results.json": 0o644,
+                                                                            "report.html": 0o644}
+
+
+def test_a_run_that_only_collects_writes_nothing(pytester, claims_dir, tiny_dir):
+    res = run(pytester, "claims", "--model", str(tiny_dir("gpt2")), "--collect-only", "-q")
+    assert res.ret == 0 and not (pytester.path / "reports").exists()
+
+
 def test_interrupted_run_keeps_finished_items(pytester, claims_dir, tiny_dir):
     pytester.makeconftest("""
         import pytest
@@ -163,7 +273,8 @@ def test_interrupted_run_keeps_finished_items(pytester, claims_dir, tiny_dir):
     pytester.runpytest_subprocess("claims", "--model", str(tiny_dir("gpt2")), *TINY)
     doc = results(pytester)
     assert doc["complete"] is False
-    assert len(doc["results"]) == 2
+    assert len(doc["results"]) == 2 and doc["not_run"]
+    assert (next((pytester.path / "reports").iterdir()) / "report.html").exists()
 
 
 # ---------------------------------------------------------------- results ride the reports

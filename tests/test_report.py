@@ -181,11 +181,11 @@ def test_each_distinct_figure_drawn_once():
     doc = results_doc()
     page = html.render(doc)
     figures = svgs(page)
-    assert len(figures) == sum(len(e.get("figures") or []) for e in doc["results"]) == 6
+    assert len(figures) == sum(len(e.get("figures") or []) for e in doc["results"]) == 7
     assert all(f.tag == f"{SVG_NS}svg" and f.get("viewBox") for f in figures)
     doc["results"][1]["figures"] = copy.deepcopy(doc["results"][0]["figures"])  # the same profile again
     page = html.render(doc)
-    assert len(svgs(page)) == 6 and page.count("The same figure as") == 2
+    assert len(svgs(page)) == 7 and page.count("The same figure as") == 2
 
 
 def test_incomplete_runs_are_flagged():

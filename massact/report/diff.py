@@ -1,12 +1,19 @@
 """Compare two results documents (a baseline and a run): verdicts that changed, values that moved.
 
-The rule, applied to every (claim, variant, model) present on both sides:
+A model is its identity (the resolved spec: built-in name, hub id or absolute path), never its
+label: two directories both named ``model`` stay apart. Each model of the run is compared with the
+baseline's model of the same identity, else the same weights, else the same label, else the only
+one left on each side (one model each: two revisions of it). The rule, per (claim, variant, model):
 - a changed verdict fails (skipped, error and bad-record count as verdicts);
 - the primary value fails when it moved by more than ``REL_TOL`` (10%) of the baseline value
   *and* lies outside the baseline's 95% bootstrap interval (when the baseline has one): the
   interval widens the band where sampling noise is larger than 10%, never narrows it;
-- a changed claim version, threshold or primary name, and entries on one side only (a run with
-  ``-k``, a new claim), are listed as notes and do not fail.
+- on fewer samples than the baseline's (``--nsamples``), a verdict that became inconclusive and a
+  moved value are notes: a narrower sample gives a wider interval and another mean;
+- an item of the baseline that the run collected but did not judge (an incomplete run), or that is
+  missing although the run had its model and its claims file (a claim removed or renamed), fails;
+  one the run left out (``-k``, ``-m``, another ``--model`` or claims file) is a note;
+- a changed claim version, threshold or primary name, and items only in the run, are notes.
 No torch here: the command line and the plugin import this in a process that may have none.
 """
 from __future__ import annotations
@@ -40,20 +47,61 @@ class BaselineOutcome:
     failed: bool = False
 
 
-Key = tuple[str, str, str]
+Key = tuple[str, str, str]  # claim, variant, the model's identity ("-": a check of a document's numbers)
+
+
+def _ident(r: dict) -> str:
+    return r.get("spec") or r.get("model") or "-"  # documents before schema 3 may lack a spec
 
 
 def _key(r: dict, rename: dict[str, str]) -> Key:
-    model = r.get("model") or "-"
-    return r.get("claim", "?"), r.get("variant") or "", rename.get(model, model)
+    ident = _ident(r)
+    return r.get("claim", "?"), r.get("variant") or "", rename.get(ident, ident)
 
 
-def _entries(doc: dict, rename: dict[str, str] | None = None) -> dict[Key, dict]:
-    return {_key(r, rename or {}): r for r in doc.get("results", [])}
+def _items(doc: dict, name: str, rename: dict[str, str] | None = None) -> dict[Key, dict]:
+    """The document's ``results``, ``not_run`` or ``deselected`` items by key."""
+    return {_key(r, rename or {}): r for r in doc.get(name) or []}
 
 
-def _model_names(doc: dict) -> set[str]:
-    return {r["model"] for r in doc.get("results", []) if r.get("model")}
+def _models(doc: dict) -> dict[str, dict]:
+    """Identity -> label and weights hash of each model the document has items of."""
+    infos = doc.get("models") or {}
+    out: dict[str, dict] = {}
+    for r in [*doc.get("results", []), *(doc.get("not_run") or []), *(doc.get("deselected") or [])]:
+        ident = _ident(r)
+        if ident != "-" and ident not in out:
+            info = infos.get(r.get("spec")) or infos.get(ident) or {}
+            out[ident] = {"label": info.get("label") or r.get("model") or ident, "weights": info.get("weights_sha256")}
+    return out
+
+
+def pair_models(base: dict, new: dict) -> dict[str, str]:
+    """Each model of ``new`` -> the model of ``base`` it is compared with (identities): the same
+    identity, else the same weights, else the same label, else the only one left on each side."""
+    bm, nm = _models(base), _models(new)
+    pairs: dict[str, str] = {}
+    for same in (lambda ident, m: ident, lambda ident, m: m["weights"], lambda ident, m: m["label"]):
+        free: dict[str, list[str]] = {}
+        for ident, m in bm.items():
+            if ident not in pairs.values() and same(ident, m):
+                free.setdefault(same(ident, m), []).append(ident)
+        for ident, m in nm.items():
+            match = free.get(same(ident, m)) if ident not in pairs and same(ident, m) else None
+            if match and len(match) == 1 and match[0] not in pairs.values():
+                pairs[ident] = match[0]
+    left_b, left_n = [i for i in bm if i not in pairs.values()], [i for i in nm if i not in pairs]
+    if len(left_b) == 1 and len(left_n) == 1:
+        pairs[left_n[0]] = left_b[0]
+    return pairs
+
+
+def _samples(r: dict) -> int | None:
+    return r.get("samples") or (r.get("bootstrap") or {}).get("samples")
+
+
+def _file(r: dict) -> str | None:
+    return r.get("nodeid", "").split("::")[0] or None
 
 
 def fmt(v) -> str:
@@ -86,26 +134,37 @@ def moved(old: float, new: float, interval: list[float] | None, *, rel_tol: floa
 
 def compare(base: dict, new: dict, *, rel_tol: float = REL_TOL, abs_tol: float = ABS_TOL) -> list[Change]:
     """Every difference between ``base`` and ``new``, failing ones marked."""
-    rename = {}
-    bm, nm = _model_names(base), _model_names(new)
-    if len(bm) == 1 and len(nm) == 1 and bm != nm:  # one model each: compare the two revisions
-        rename = {next(iter(nm)): next(iter(bm))}
-    b, n = _entries(base), _entries(new, rename)
+    pairs = pair_models(base, new)
+    b, n = _items(base, "results"), _items(new, "results", pairs)
+    not_run, deselected = _items(new, "not_run", pairs), _items(new, "deselected", pairs)
+    files = {_file(r) for r in [*n.values(), *not_run.values(), *deselected.values()]}
+    labels_b = {ident: m["label"] for ident, m in _models(base).items()}
+    labels_n = {pairs.get(ident, ident): m["label"] for ident, m in _models(new).items()}
+
+    def shown(ident: str) -> str:
+        lb, ln = labels_b.get(ident), labels_n.get(ident)
+        return f"{lb} -> {ln}" if lb and ln and lb != ln else lb or ln or ident
+
     out: list[Change] = []
     for key in list(b) + [k for k in n if k not in b]:
-        claim = f"{key[0]}/{key[1]}".rstrip("/")
-        model = f"{key[2]} -> {next(iter(nm))}" if rename and key[2] != "-" else key[2]
+        claim, model = f"{key[0]}/{key[1]}".rstrip("/"), shown(key[2])
         if key not in n:
-            out.append(Change(claim, model, "only-baseline", b[key].get("verdict", "?"), "not run", False))
+            why, failing = _absent(key, b[key], not_run=not_run, deselected=deselected, files=files,
+                                   models=set(pairs.values()), selection_known="deselected" in new)
+            out.append(Change(claim, model, "only-baseline", b[key].get("verdict", "?"), why, failing))
             continue
         if key not in b:
             out.append(Change(claim, model, "only-current", "not run", n[key].get("verdict", "?"), False))
             continue
         old, cur = b[key], n[key]
+        fewer = _samples(cur) is not None and _samples(old) is not None and _samples(cur) < _samples(old)
+        note = f" on {_samples(cur)} samples, baseline {_samples(old)}" if fewer else ""
         verdict_changed = old.get("verdict") != cur.get("verdict")
         if verdict_changed:  # the row shows both values too: no separate value row
-            out.append(Change(claim, model, "verdict", f"{old.get('verdict')} ({_valued(old)})",
-                              f"{cur.get('verdict')} ({_valued(cur)})", True))
+            undecided = fewer and cur.get("verdict") == "inconclusive"
+            out.append(Change(claim, model, "fewer-samples" if undecided else "verdict",
+                              f"{old.get('verdict')} ({_valued(old)})", f"{cur.get('verdict')} ({_valued(cur)}){note}",
+                              not undecided))
         for name in ("version", "threshold", "primary"):
             if old.get(name) != cur.get(name):
                 out.append(Change(claim, model, "claim", f"{name}: {old.get(name)}", f"{name}: {cur.get(name)}", False))
@@ -114,8 +173,24 @@ def compare(base: dict, new: dict, *, rel_tol: float = REL_TOL, abs_tol: float =
             a, z = old["values"][prim], cur["values"][prim]
             if moved(a, z, old.get("intervals", {}).get(prim), rel_tol=rel_tol, abs_tol=abs_tol):
                 rel = f" ({(z - a) / abs(a):+.1%})" if isinstance(a, (int, float)) and a else ""
-                out.append(Change(claim, model, "value", _valued(old), _valued(cur) + rel, True))
+                out.append(Change(claim, model, "fewer-samples" if fewer else "value", _valued(old),
+                                  _valued(cur) + rel + note, not fewer))
     return out
+
+
+def _absent(key: Key, entry: dict, *, not_run: dict, deselected: dict, files: set, models: set,
+            selection_known: bool) -> tuple[str, bool]:
+    """Why a baseline item has no result in the run, and whether that fails the comparison
+    (``selection_known``: the run lists what it deselected, as documents of schema 3 do)."""
+    if key in not_run:
+        return "not judged: the run is incomplete", True
+    if key in deselected or not selection_known:
+        return "not run (deselected)" if selection_known else "not run", False
+    if key[2] != "-" and key[2] not in models:
+        return "not run: its model is not in this run", False
+    if _file(entry) is None or _file(entry) not in files:
+        return "not run: its claims file was not collected", False
+    return "missing: the run had its model and claims file", True
 
 
 def provenance_lines(base: dict, new: dict, *, names: tuple[str, str] = ("baseline", "current")) -> list[str]:
@@ -125,7 +200,7 @@ def provenance_lines(base: dict, new: dict, *, names: tuple[str, str] = ("baseli
         models = []
         for spec, m in doc.get("models", {}).items():
             ident = m.get("revision") or (m.get("weights_sha256") or "")[:12] or m.get("error", "?")
-            models.append(f"{m.get('name', spec)}@{ident} {m.get('dtype', '')}".strip())
+            models.append(f"{m.get('label') or m.get('name', spec)}@{ident} {m.get('dtype', '')}".strip())
         state = "" if doc.get("complete", True) else " (INCOMPLETE run)"
         lines.append(f"{name}: {doc.get('started', '?')} commit {doc.get('git_commit') or '?'}{state}; "
                      f"models: {', '.join(models) or 'none'}")
@@ -152,10 +227,14 @@ def rule(rel_tol: float = REL_TOL) -> str:
 def check_baseline(doc: dict, path: Path, *, update: bool, rel_tol: float = REL_TOL) -> BaselineOutcome:
     """The plugin's --baseline / --update-baseline: compare ``doc`` with ``path``, or rewrite it."""
     out = BaselineOutcome(path)
+    incomplete = not doc.get("complete", False)
+    if incomplete and (update or not path.exists()):
+        out.failed = True
+        out.lines.append(f"baseline NOT {'updated' if update else 'written'}: this run is incomplete "
+                         f"({len(doc.get('not_run') or [])} collected items not judged); "
+                         f"{path} is {'unchanged' if path.exists() else 'still missing'}")
+        return out
     if update:
-        if not doc.get("complete", False):
-            out.lines.append(f"baseline NOT updated: this run is incomplete; {path} is unchanged")
-            return out
         return _write(out, doc, f"baseline updated: {path} ({len(doc.get('results', []))} results)", failed=False)
     if not path.exists():
         return _write(out, doc, f"baseline {path} did not exist: wrote this run there; run again to compare with it",

@@ -1,7 +1,8 @@
 """results.json: every verdict of a run with its provenance. No torch here.
 
-The file is rewritten atomically after every item, so a run cut off (Ctrl-C, a crash in one
-model) still leaves every finished item on disk, marked ``"complete": false``.
+The file is rewritten atomically after every item, so a run cut off (Ctrl-C, SIGTERM, -x, a
+crash) still leaves every finished item on disk, marked ``"complete": false``, and lists the
+collected items it did not judge under ``not_run``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA = 2
-READABLE = (1, 2)  # schema 2 added fields to the entries; a schema-1 baseline still compares
+SCHEMA = 3
+# schema 2 added fields to the entries; 3: an entry's spec is resolved (absolute path), entries
+# carry their sample count, the run lists the items it did not judge (not_run) and those -k, -m
+# or --deselect left out (deselected). Older baselines still compare.
+READABLE = (1, 2, 3)
 
 
 @dataclass
@@ -27,7 +31,7 @@ class Entry:
     claim: str
     variant: str = ""
     model: str | None = None  # the model's label; None for a check of a document's own numbers
-    spec: str | None = None  # the --model spec it was loaded from
+    spec: str | None = None  # the model's identity: built-in name, hub id or absolute path
     verdict: str = "?"
     summary: str = ""  # the measured value(s) in one line
     reason: str = ""  # why the verdict is not holds, in words
@@ -44,6 +48,7 @@ class Entry:
     bound: dict | None = None  # the threshold as a number: {"op": "<", "value": 0.02, "abs": true}
     values: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)  # value name -> [low, high]
+    samples: int | None = None  # samples the item read: the record's own count, or --nsamples
     bootstrap: dict = field(default_factory=dict)  # samples, resamples, share holding, confidence
     controls: dict = field(default_factory=dict)  # name -> True when the control also satisfies the claim
     selections: dict = field(default_factory=dict)  # made once from all samples: intervals are conditional on them
@@ -109,6 +114,17 @@ def _jsonable(x):
     return str(x)
 
 
+def item_of(nodeid: str, specs: dict[str, str]) -> dict:
+    """What a claim item's node id (``claims/f.toml::id/variant[label]``) names, its label looked up in
+    ``specs`` (label -> spec): an entry's keys, for an item that has no entry."""
+    name = nodeid.split("::", 1)[-1]
+    label = next((lab for lab in specs if name.endswith(f"[{lab}]")), None)
+    if label is not None:
+        name = name[:-len(label) - 2]
+    claim, _, variant = name.partition("/")
+    return {"nodeid": nodeid, "claim": claim, "variant": variant, "model": label, "spec": specs.get(label)}
+
+
 class Run:
     """A run as the controller sees it: the entries the items' reports carry, and provenance.
 
@@ -116,32 +132,34 @@ class Run:
     does both. ``write`` rewrites results.json atomically, so a run cut off keeps what finished.
     """
 
-    def __init__(self, *, report_dir: Path | None, provenance: dict):
+    def __init__(self, *, report_dir: Path | None, provenance: dict, labels: dict[str, str] | None = None):
         self.report_dir = report_dir  # None: write nothing
-        self.run_dir: Path | None = None  # made at the first result, so a run without claims writes nothing
+        self.run_dir: Path | None = None  # made at the first write, so a run without claims writes nothing
         self.provenance = provenance  # started, command, git commit, versions, resamples: computed once
         self.entries: dict[str, dict] = {}  # node id -> entry, in the order items finished
-        self.models: dict[str, dict] = {}
+        # spec -> its label, then what the process that loaded it knew
+        self.models: dict[str, dict] = {spec: {"label": label} for spec, label in (labels or {}).items()}
         self.corpus: dict = {}
         self.engines: dict[str, dict] = {}  # worker -> its pass counters
         self.expected: set[str] | None = None  # node ids collected: complete means every one was judged
+        self.deselected: set[str] = set()  # node ids that -k, -m or --deselect left out
 
     def add(self, entry: dict, context: dict) -> None:
         """One item's entry, with what its process knew: models loaded, corpus, pass counters.
         Its artifacts are written to <run>/<model>/<variant>/ and the entry keeps their paths."""
+        self.entries[entry["nodeid"]] = entry  # kept first: an OSError below loses no verdict
+        for spec, info in context.get("models", {}).items():
+            if info:
+                self.models[spec] = {**self.models.get(spec, {}), **info}
+        self.corpus = context.get("corpus") or self.corpus
+        if "engine" in context:
+            self.engines[context.get("worker", "main")] = context["engine"]
         arts = entry.get("artifacts") or {}
         if arts and self.report_dir is not None:
             where = self._dir() / (entry.get("model") or "document") / (entry.get("variant") or "general")
             for name, content in arts.items():
                 write_results(where / name, content)
             entry["artifacts"] = {name: str((where / name).relative_to(self.run_dir)) for name in arts}
-        self.entries[entry["nodeid"]] = entry
-        for spec, info in context.get("models", {}).items():
-            if info:
-                self.models[spec] = info
-        self.corpus = context.get("corpus") or self.corpus
-        if "engine" in context:
-            self.engines[context.get("worker", "main")] = context["engine"]
 
     def _dir(self) -> Path:
         if self.run_dir is None:
@@ -158,14 +176,18 @@ class Run:
 
     def document(self, *, complete: bool, wall_seconds: float) -> dict:
         engines = self.engines.values()
+        specs = {m["label"]: spec for spec, m in self.models.items() if m.get("label")}
         return {"schema": SCHEMA, "complete": complete, **self.provenance, "wall_seconds": round(wall_seconds, 1),
                 "forward_passes": sum(e["passes"] for e in engines), "samples_run": sum(e["samples"] for e in engines),
                 "pass_seconds": round(sum(e["seconds"] for e in engines), 1), "corpus": self.corpus,
-                "models": self.models, "results": self.results}
+                "models": self.models, "results": self.results,
+                "not_run": [item_of(n, specs) for n in self.missing()],
+                "deselected": [item_of(n, specs) for n in sorted(self.deselected)]}
 
     def write(self, *, complete: bool, wall_seconds: float) -> dict | None:
-        """Write results.json; returns the document written, or None when nothing was."""
-        if self.report_dir is None or not self.entries:
+        """Write results.json; returns the document written, or None when the run has no claim items
+        (nothing collected and nothing judged). OSError when it cannot be written."""
+        if self.report_dir is None or not (self.entries or self.expected):
             return None
         doc = self.document(complete=complete, wall_seconds=wall_seconds)
         write_results(self._dir() / "results.json", doc)
