@@ -153,3 +153,8 @@ def test_the_uniform_and_random_heads_plans_hold_the_head_aware_bytes() -> None:
     kv_budgets = lambda p: Counter(b for l in range(2) for b in p.kv_budgets(l))  # noqa: E731
     assert kv_budgets(shuffled) == kv_budgets(plan) and shuffled.entries(32) == plan.entries(32)
     assert shuffled.budgets != plan.budgets
+
+
+def test_sequences_longer_than_the_models_context_are_invalid() -> None:
+    v = judge(record("heads.sink_share", "correct_method"), context(sink_heads_gpt2(), "sinks"))
+    assert v.verdict == "invalid" and "reads at most 32 tokens; the claim reads sequences of 2048" in v.reason

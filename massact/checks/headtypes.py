@@ -66,6 +66,9 @@ def measure_heads(ctx: Context, p: HeadParams) -> dict[str, torch.Tensor]:
     if not ctx.lm.adapter.is_decoder:
         raise ClaimInvalid(f"{ctx.lm.name} attends in both directions: sinks, recent windows and a KV cache "
                            "that drops old tokens are notions of causal decoders")
+    if p.length > ctx.lm.context:
+        raise ClaimInvalid(f"{ctx.lm.name} reads at most {ctx.lm.context} tokens; the claim reads sequences of "
+                           f"{p.length}")
     return per_sample(ctx.run(statistics_request(p), n=p.samples), ctx.lm.n_layers)
 
 
