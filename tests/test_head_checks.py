@@ -21,6 +21,15 @@ def test_ranked_and_random_heads():
     assert hm.random_heads(2, 3, 3, seed=0) == hm.random_heads(2, 3, 3, seed=0)
 
 
+def test_layer_matched_heads():
+    heads, exclude = [(1, 0), (3, 1), (3, 2)], [(1, 0), (3, 1), (3, 2), (1, 3)]
+    got = hm.layer_matched_heads(heads, 4, seed=0, exclude=exclude)
+    assert sorted(l for l, _ in got) == [1, 3, 3] and len(set(got)) == 3 and not set(got) & set(exclude)
+    assert got == hm.layer_matched_heads(heads, 4, seed=0, exclude=exclude)
+    # layer 3 keeps two heads outside the excluded ones: three cannot be matched there
+    assert hm.layer_matched_heads([(3, 0)] * 3, 4, seed=0, exclude=exclude) is None
+
+
 def test_split_half_agreement():
     stable = torch.tensor([[[0.9, 0.1, 0.5]]]).repeat(4, 1, 1)  # (N, L, H)
     assert hm.split_half_agreement(stable, 1) == 1.0
@@ -83,8 +92,8 @@ def test_top_vs_bottom_heads_runs_every_arm():
     # baseline+attention, baseline, top, bottom, 2 random draws, 2 layer-matched draws
     assert ctx.engine.n_passes == 8
     bottom_layers = sorted(l for l, _ in v.details["bottom"])
-    for d in range(2):
-        matched = v.details["arms"][f"layer-matched {d}"]
+    assert len(v.details["draws"]["layer_matched"]) == 2
+    for matched in v.details["draws"]["layer_matched"]:
         assert sorted(l for l, _ in matched) == bottom_layers
         assert not set(matched) & set(v.details["top"] + v.details["bottom"])
 

@@ -106,6 +106,9 @@ def _change(ctx: Context, base_r, pruned_r, idx) -> torch.Tensor:
     return act.relative_change(base["top1"], new["top1"])
 
 
+CONTROLS = {"random": "random_heads", "layer_matched": "layer_matched_random_heads"}  # A3's, by draw kind
+
+
 @dataclass(frozen=True, kw_only=True)
 class TopBottomParams(PruneParams):
     k: int
@@ -116,51 +119,51 @@ class TopBottomParams(PruneParams):
 def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones.
 
-    Controls: k random heads, and k random heads drawn from the bottom heads' own layers; either
-    moving top-1 as much as the bottom heads means the ranking picks nothing out.
+    Controls: k random heads, and k random heads drawn from the bottom heads' own layers (when
+    those layers have k other heads); either moving top-1 as much as the bottom heads means the
+    ranking picks nothing out.
     """
     s = scores(ctx, p.rank_by)  # the ranking, from all of the claim's samples
     L, H = s.shape
     top, bottom = hm.ranked(s, p.k), hm.ranked(s, p.k, top=False)
-    arms = {"top": top, "bottom": bottom}
-    for d in range(p.random_draws):
-        arms[f"random {d}"] = hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom)
-    for d in range(p.random_draws):
-        arms[f"layer-matched {d}"] = hm.layer_matched_heads(bottom, H, seed=d, exclude=top + bottom)
+    draws = {"random": [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)],
+             "layer_matched": [h for d in range(p.random_draws)
+                               if (h := hm.layer_matched_heads(bottom, H, seed=d, exclude=top + bottom))]}
     base_r = ctx.run(PROFILE)
-    pruned = {name: _prune_profile(ctx, heads, p.method) for name, heads in arms.items()}
+    pruned = {name: _prune_profile(ctx, heads, p.method) for name, heads in (("top", top), ("bottom", bottom))}
+    pruned_draws = {k: [_prune_profile(ctx, h, p.method) for h in hs] for k, hs in draws.items() if hs}
 
     def decide(idx):
-        each = {name: _change(ctx, base_r, r, idx).abs().mean().item() for name, r in pruned.items()}
-        impact = {"top": each["top"], "bottom": each["bottom"],
-                  "random": sum(each[f"random {d}"] for d in range(p.random_draws)) / p.random_draws,
-                  "layer_matched": sum(each[f"layer-matched {d}"] for d in range(p.random_draws)) / p.random_draws}
+        impact = {name: _change(ctx, base_r, r, idx).abs().mean().item() for name, r in pruned.items()}
+        for k, rs in pruned_draws.items():
+            impact[k] = sum(_change(ctx, base_r, r, idx).abs().mean().item() for r in rs) / len(rs)
         ratio = impact["bottom"] / max(impact["top"], 1e-12)
+        matched = (f"{p.k} random heads of the bottom heads' layers {impact['layer_matched']:.3%}"
+                   if "layer_matched" in impact else "the bottom heads' layers hold no other heads to match them")
         return Outcome(
             holds=ratio > 1, primary="bottom_over_top",
             summary=f"{p.method}: mean |top-1 change| over layers: top {top} {impact['top']:.3%}, bottom {bottom} "
-                    f"{impact['bottom']:.3%} (x{ratio:.1f}); {p.k} random heads {impact['random']:.3%}, {p.k} random "
-                    f"heads of the bottom heads' layers {impact['layer_matched']:.3%}",
+                    f"{impact['bottom']:.3%} (x{ratio:.1f}); {p.k} random heads {impact['random']:.3%}; {matched}",
             values={"bottom_over_top": ratio, **{f"impact.{k}": v for k, v in impact.items()}},
             # the claim is that the bottom heads matter: other heads that move top-1 as much, anywhere or
             # in the same layers, show that the ranking picks nothing out
-            controls={"random_heads": impact["random"] >= impact["bottom"],
-                      "layer_matched_random_heads": impact["layer_matched"] >= impact["bottom"]})
+            controls={CONTROLS[k]: impact[k] >= impact["bottom"] for k in pruned_draws})
 
-    changes = {name: _change(ctx, base_r, pruned[name], None).tolist() for name in ("top", "bottom", "layer-matched 0")}
+    changes = {name: _change(ctx, base_r, r, None).tolist() for name, r in pruned.items()}
+    if "layer_matched" in pruned_draws:
+        changes["layer-matched"] = _change(ctx, base_r, pruned_draws["layer_matched"][0], None).tolist()
     return Measurement(
         decide, n=base_r.n, unit="x", bound={"op": ">", "value": 1.0, "abs": False},
-        selections={"top heads": top, "bottom heads": bottom,
-                    "random heads": [arms[f"random {d}"] for d in range(p.random_draws)],
-                    "layer-matched heads": [arms[f"layer-matched {d}"] for d in range(p.random_draws)],
+        selections={"top heads": top, "bottom heads": bottom, "random heads": draws["random"],
+                    "layer-matched heads": draws["layer_matched"] or "none: the bottom heads' layers have no others",
                     "ranked by": f"first-token attention ({p.rank_by}) over all {base_r.n} samples"},
-        details={"top": top, "bottom": bottom, "arms": arms},
+        details={"top": top, "bottom": bottom, "draws": draws},
         figures=[fig.Bars(title=f"{ctx.lm.name}: top-1 change per layer when heads are pruned ({p.method})",
                           categories=[str(l) for l in range(L)],
                           series={f"{name} {p.k}": v for name, v in changes.items()}, x_label="layer",
                           y_label="relative change of mean top-1", unit="%",
                           caption=f"top heads {top}, bottom heads {bottom} by first-token attention; layer-matched: "
-                                  f"{arms['layer-matched 0']}, random heads of the bottom heads' layers")])
+                                  f"the first draw of random heads of the bottom heads' layers")])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +184,9 @@ def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
     prof = profile(base_r, ctx.lm.n_layers)
     layer = act.emergence_layer(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio)
     H = ctx.lm.adapter.n_heads(ctx.lm.config)
-    control = [] if layer is None else hm.layer_matched_heads([(layer, 0)] * p.n_heads, H, seed=0, exclude=heads)
+    control = (None if layer is None else
+               hm.layer_matched_heads([(layer, 0)] * p.n_heads, H, seed=0, exclude=heads)) or []
+    no_control = "no massive layer" if layer is None else f"layer {layer} has no {p.n_heads} heads besides the top ones"
     pruned = {(l, h): _prune_profile(ctx, [(l, h)], p.method) for l, h in heads + control}
 
     def decide(idx):
@@ -197,7 +202,7 @@ def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
                         + ", ".join(f"{k} {v:+.3%}" for k, v in ctl.items()))
             controls["emergence_layer_heads"] = abs(values["control_worst_change"]) < p.bound
         else:
-            summary += "; no massive layer: no emergence-layer control"
+            summary += f"; {no_control}: no emergence-layer control"
         return Outcome(holds=abs(change[worst]) < p.bound, primary="worst_change", summary=summary, values=values,
                        controls=controls)
 
@@ -205,7 +210,7 @@ def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
     return Measurement(decide, n=base_r.n, unit="%", bound={"op": "<", "value": p.bound, "abs": True},
                        selections={"heads": heads, "ranked by": f"first-token attention ({p.rank_by}) over all "
                                                                  f"{base_r.n} samples",
-                                   "control heads": control or "none: no massive layer",
+                                   "control heads": control or f"none: {no_control}",
                                    "emergence layer": layer if layer is not None else "none"},
                        details={"heads": [list(k) for k in heads], "control_heads": [list(k) for k in control],
                                 "change": [full.values[f"change.{l}.{h}"] for l, h in heads]})

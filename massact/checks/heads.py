@@ -60,7 +60,8 @@ def by_seqlen(ctx: Context, p: FirstTokenParams) -> dict[int, dict[str, float]]:
             s = hm.head_scores(first_token(at.run(ATTENTION), ctx.lm.n_layers, p.method))
         except (CorpusError, SequenceTooLong):
             continue  # longer than the context, or than the corpus gives samples for
-        out[t] = {"top_mean": float(s.flatten().topk(p.k).values.mean()), "all_heads_mean": float(s.mean()),
+        out[t] = {"top_mean": float(s.flatten().topk(min(p.k, s.numel())).values.mean()),
+                  "all_heads_mean": float(s.mean()),
                   "share_above": float((s >= p.min_top_mean).double().mean())}
     return out
 

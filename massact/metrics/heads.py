@@ -29,15 +29,16 @@ def random_heads(L: int, H: int, k: int, *, seed: int, exclude: list[tuple[int, 
 
 
 def layer_matched_heads(heads: list[tuple[int, int]], H: int, *, seed: int,
-                        exclude: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+                        exclude: list[tuple[int, int]] = ()) -> list[tuple[int, int]] | None:
     """As many distinct heads as ``heads``, each drawn (with ``seed``) from the layer of one of them,
-    none of them in ``exclude``: a random control that differs from ``heads`` only in the head."""
+    none of them in ``exclude``: a random control that differs from ``heads`` only in the head.
+    None when a layer has too few heads outside ``exclude``."""
     g = torch.Generator().manual_seed(seed)
     out: list[tuple[int, int]] = []
     for layer, count in sorted(Counter(l for l, _ in heads).items()):
         pool = [(layer, h) for h in torch.randperm(H, generator=g).tolist() if (layer, h) not in set(exclude)]
         if len(pool) < count:
-            raise ValueError(f"layer {layer} has {len(pool)} heads outside {list(exclude)}, fewer than {count}")
+            return None
         out += pool[:count]
     return out
 
