@@ -17,6 +17,7 @@ from torch import nn
 from massact.arch import Adapter
 from massact.errors import ActivationOverflow, AttentionUnavailable
 from massact.metrics.headtypes import attention_profile
+from massact.metrics.outliers import energy_share
 
 # (module, "in" | "out", fn). "out" fns get (module, args, output) and may return a new output;
 # "in" fns get (module, args) and may return new args.
@@ -147,6 +148,25 @@ class TokenMax(Reducer):
         return {"token_max": torch.cat(self.parts)}
 
 
+ENERGY_FRACS = (0.0005, 0.001)  # the outlier document's "0.05%-0.1% of entries"
+
+
+class EnergyShare(Reducer):
+    """Per sample: the share of sum(a^2) over its unpadded entries that the top ENERGY_FRACS of them
+    by |a| carry, one column per fraction; (N, len(ENERGY_FRACS))."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+
+    def update(self, a, mask, absa, token_max=None):
+        rows = [absa] if mask.bool().all() else [absa[b][mask[b].bool()][None] for b in range(a.shape[0])]
+        for x in rows:  # (B or 1, T, D)
+            self.parts.append(torch.stack([energy_share(x, frac=f) for f in ENERGY_FRACS], dim=1))
+
+    def result(self):
+        return {"energy_share": torch.cat(self.parts)}
+
+
 class Keep(Reducer):
     """The full tensor, (N, T, D): only for the few points a claim asks for by name."""
 
@@ -216,6 +236,7 @@ STATISTICS: dict[str, type[Reducer]] = {
     "median": Median,
     "feature_max": FeatureMax,
     "token_max": TokenMax,
+    "energy_share": EnergyShare,
     "full": Keep,
     **{name: HeadStats for name in ("first_incl", "first_excl", "sink", "entropy")},
     **{name: HeadProfile for name in HEAD_PROFILE},

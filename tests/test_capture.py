@@ -7,6 +7,8 @@ import torch
 from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
 from massact.capture import (
+    ENERGY_FRACS,
+    EnergyShare,
     FeatureMax,
     Median,
     TokenMax,
@@ -227,6 +229,22 @@ def test_reducers_on_hand_built_tensor() -> None:
     assert med.result()["median"].tolist() == [0.0, 0.0]
     assert fmax.result()["feature_max"].tolist() == [[5.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 7.0]]
     assert tmax.result()["token_max"].tolist() == [[0.0, 9.0, 5.0], [7.0, 0.0, 0.0]]
+
+
+def test_energy_share_per_sample_and_fraction_honours_padding() -> None:
+    """ENERGY_FRACS of 2000 entries are the top 1 and 2: shares of sum a^2 known by construction."""
+    a = torch.ones(2, 500, 4)  # 2000 entries of 1 per sample
+    a[0, 3, 1] = 30.0  # 900 + 1999 = 2899 in all: the top entry 900 / 2899
+    a[0, 7, 2] = -20.0  # the top two: (900 + 400) / (2899 + 399)
+    a[1, 499, 0] = 1e4  # padded: sample 1 keeps 1996 ones, its top 1 and 2 entries are 1 / 1996, 2 / 1996
+    mask = torch.ones(2, 500)
+    mask[1, 499] = 0
+    r = EnergyShare()
+    r.update(a, mask, masked_abs(a, mask))
+    got = r.result()["energy_share"]
+    assert ENERGY_FRACS == (0.0005, 0.001) and got.shape == (2, 2)
+    assert got[0].tolist() == pytest.approx([900 / 3298, 1300 / 3298])
+    assert got[1].tolist() == pytest.approx([1 / 1996, 2 / 1996])
 
 
 def _top3(point):

@@ -21,6 +21,15 @@ def test_ranked_and_random_heads():
     assert hm.random_heads(2, 3, 3, seed=0) == hm.random_heads(2, 3, 3, seed=0)
 
 
+def test_layer_matched_heads():
+    heads, exclude = [(1, 0), (3, 1), (3, 2)], [(1, 0), (3, 1), (3, 2), (1, 3)]
+    got = hm.layer_matched_heads(heads, 4, seed=0, exclude=exclude)
+    assert sorted(l for l, _ in got) == [1, 3, 3] and len(set(got)) == 3 and not set(got) & set(exclude)
+    assert got == hm.layer_matched_heads(heads, 4, seed=0, exclude=exclude)
+    # layer 3 keeps two heads outside the excluded ones: three cannot be matched there
+    assert hm.layer_matched_heads([(3, 0)] * 3, 4, seed=0, exclude=exclude) is None
+
+
 def test_split_half_agreement():
     stable = torch.tensor([[[0.9, 0.1, 0.5]]]).repeat(4, 1, 1)  # (N, L, H)
     assert hm.split_half_agreement(stable, 1) == 1.0
@@ -80,21 +89,60 @@ def test_top_vs_bottom_heads_runs_every_arm():
     assert (1, 0) in [tuple(h) for h in v.details["top"]]
     # pruning the top heads removes the massive activation: the claim (bottom > top) fails
     assert v.verdict == "refuted" and v.values["impact.top"] > 0.5, v.summary
-    assert ctx.engine.n_passes == 6  # baseline+attention, baseline, top, bottom, 2 random draws
+    # baseline+attention, baseline, top, bottom, 2 random draws, 2 layer-matched draws
+    assert ctx.engine.n_passes == 8
+    bottom_layers = sorted(l for l, _ in v.details["bottom"])
+    assert len(v.details["draws"]["layer_matched"]) == 2
+    for matched in v.details["draws"]["layer_matched"]:
+        assert sorted(l for l, _ in matched) == bottom_layers
+        assert not set(matched) & set(v.details["top"] + v.details["bottom"])
 
 
-@pytest.mark.parametrize("random_impact, verdict", [(0.001, "holds"), (0.5, "non-specific")])
-def test_top_vs_bottom_heads_control_is_random_heads_against_the_bottom(monkeypatch, random_impact, verdict):
-    """The claim is that the bottom heads matter: random heads that matter as much make it non-specific."""
+@pytest.mark.parametrize("random_impact, matched_impact, verdict", [
+    (0.001, 0.001, "holds"), (0.5, 0.001, "non-specific"), (0.001, 0.3, "non-specific")])
+def test_top_vs_bottom_heads_controls_are_random_and_layer_matched_heads(monkeypatch, random_impact, matched_impact,
+                                                                          verdict):
+    """The claim is that the bottom heads matter: other heads that matter as much, anywhere or in the
+    bottom heads' own layers, make it non-specific."""
     ctx = context(sink_model(), "sink")
-    arms = iter(["top", "bottom", "random 0", "random 1"])  # the prune passes in order
-    impact = {"top": 0.0, "bottom": 0.2, "random 0": random_impact, "random 1": random_impact}
+    # the prune passes in order
+    arms = iter(["top", "bottom", "random 0", "random 1", "layer-matched 0", "layer-matched 1"])
+    impact = {"top": 0.0, "bottom": 0.2, "random 0": random_impact, "random 1": random_impact,
+              "layer-matched 0": matched_impact, "layer-matched 1": matched_impact}
     # stand-ins for one prune pass per head set, and for the per-layer change it makes
     monkeypatch.setattr(ablate, "_prune_profile", lambda ctx_, heads, method: next(arms))
     monkeypatch.setattr(ablate, "_change", lambda ctx_, base, arm, idx: torch.full((ctx_.lm.n_layers,), impact[arm]))
     v = judge(record("ablate.top_vs_bottom_heads", "correct_method"), ctx, resamples=20)
     assert v.verdict == verdict, v.summary
     assert v.values["impact.bottom"] == pytest.approx(0.2)
+    assert v.controls == {"random_heads": random_impact >= 0.2, "layer_matched_random_heads": matched_impact >= 0.2}
+
+
+def test_single_head_control_fires_where_no_head_of_the_emergence_layer_matters():
+    """An MLP writes the massive activation: pruning any one head of its layer leaves top-1 alone, so
+    the claim that the top heads do not matter picks nothing out."""
+    ctx = context(planted_gpt2(layer=1, feature=40, token=0, magnitude=1000.0, component="mlp"), "planted-mlp")
+    v = judge(record("ablate.single_head", "correct_method"), ctx, resamples=20)
+    control = [tuple(h) for h in v.details["control_heads"]]
+    assert len(control) == 2 and {l for l, _ in control} == {1}
+    assert not set(control) & set(map(tuple, v.details["heads"]))
+    assert v.controls == {"emergence_layer_heads": True} and v.verdict == "non-specific", v.summary
+
+
+def test_single_head_holds_where_the_emergence_layer_heads_matter(monkeypatch):
+    ctx = context(planted_gpt2(layer=1, feature=40, token=0, magnitude=1000.0, component="mlp"), "planted-mlp")
+    monkeypatch.setattr(ablate, "_prune_profile", lambda ctx_, heads, method: heads[0])
+    # the top heads change nothing; each emergence-layer head moves its layer's top-1 by 5%
+    monkeypatch.setattr(ablate, "_change", lambda ctx_, base, head, idx: torch.full(
+        (ctx_.lm.n_layers,), 0.05 if head in control else 0.0))
+    rec = record("ablate.single_head", "correct_method")
+    from massact.checks.heads import scores
+    from massact.metrics import heads as hm
+    top = hm.ranked(scores(ctx, rec.params.rank_by), rec.params.n_heads)
+    control = hm.layer_matched_heads([(1, 0)] * 2, 4, seed=0, exclude=top)
+    v = judge(rec, ctx, resamples=20)
+    assert v.verdict == "holds" and v.controls == {"emergence_layer_heads": False}, v.summary
+    assert v.values["control_worst_change"] == pytest.approx(0.05)
 
 
 def test_zero_vs_mean_refuted_where_the_massive_activation_does_not_matter():
@@ -108,3 +156,61 @@ def test_zero_vs_mean_refuted_where_the_massive_activation_does_not_matter():
 def test_zero_vs_mean_invalid_on_an_encoder():
     v = judge(record("intervene.zero_vs_mean"), context(tiny_model("bert"), "tiny-bert"))
     assert v.verdict == "invalid"
+
+
+def test_first_token_scores_non_specific_when_every_head_attends_to_the_first_token():
+    """The control of H1: the heads at large meet the bar too, so "a few heads" picks nothing out."""
+    from builders import sink_heads_gpt2
+
+    v = judge(record("heads.first_token_scores", "correct_method"), context(sink_heads_gpt2(), "sinks"), resamples=20)
+    assert v.values["all_heads_mean"] > 0.9 and v.values["share_above"] == 1.0
+    assert v.controls == {"all_heads": True} and v.verdict == "non-specific", v.summary
+    assert v.values["seqlen"] == 16 and "at 16 tokens" in v.summary
+
+
+def test_largest_ordinary_entries_skip_every_entry_massive_in_some_sample():
+    from massact.checks.base import AtLayer
+    from massact.checks.intervene import largest_ordinary
+
+    a = torch.full((3, 4, 5), 0.1)  # (N, T, D): median 0.1
+    a[:, 0, 1] = 500.0  # massive in every sample
+    a[0, 2, 3] = -400.0  # massive in one sample only: its mean |a| is the largest, but it is no ordinary entry
+    a[:, 1, 4] = -20.0  # the largest ordinary entry
+    a[:, 3, 0] = 5.0  # the next
+    assert [(t, f) for t, f, _ in largest_ordinary(a, 2, AtLayer())] == [(1, 4), (3, 0)]
+
+
+@pytest.mark.parametrize("control_ratio, verdict", [(1.0, "holds"), (3.0, "non-specific")])
+def test_zero_vs_mean_control_zeroes_the_largest_ordinary_entries(monkeypatch, control_ratio, verdict):
+    """Stand-in losses: zeroing the massive entry costs 1 nat, setting it to its mean nothing; the
+    control (as many of the largest ordinary entries zeroed) costs log(control_ratio)."""
+    import dataclasses
+    import math
+
+    from massact.engine import Engine
+    from massact.interventions import NONE, SetActivations
+    from massact.requests import LOSS_POINT
+
+    ctx = context(planted_gpt2(layer=1, feature=40, token=0, magnitude=1000.0, component="mlp"), "planted")
+    run = Engine.run
+
+    def with_losses(self, lm, corpus, request, *, n):
+        r = run(self, lm, corpus, request, n=n)
+        iv = request.intervention
+        if not isinstance(iv, SetActivations):
+            return r
+        if any(v != 0 for *_, v in iv.entries):
+            shift = 0.0
+        else:
+            shift = 1.0 if [(t, f) for _, t, f, _ in iv.entries] == [(0, 40)] else math.log(control_ratio)
+        base = run(self, lm, corpus, request.under(NONE), n=n).loss  # (n,)
+        return dataclasses.replace(r, points={**r.points, LOSS_POINT: {"loss": base + shift}}, idx=None,
+                                   all_input_ids=r.input_ids)
+
+    monkeypatch.setattr(Engine, "run", with_losses)
+    v = judge(record("intervene.zero_vs_mean"), ctx, resamples=20)
+    assert v.verdict == verdict, v.summary
+    assert v.values["control_ppl_ratio"] == pytest.approx(control_ratio)
+    assert v.controls == {"largest_ordinary_entries": control_ratio >= 2}
+    control = v.selections["control entries"]
+    assert len(control) == 1 and control != [[0, 40]]

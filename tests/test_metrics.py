@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from massact.metrics.activations import (
     emergence,
+    emergence_layer,
     layer_profile,
     massive_dims,
     massive_mask,
@@ -20,7 +23,7 @@ from massact.metrics.activations import (
 )
 
 T = torch.tensor
-EMERGE = dict(jump=10.0, early_frac=0.5, plateau_band=2.0, plateau_frac=0.8, drop_max=0.5)
+CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 
 
 # ---------------------------------------------------------------- layer_profile
@@ -94,48 +97,65 @@ def _profile(values: list[float]) -> torch.Tensor:
     return T(values, dtype=torch.float64)
 
 
+def _emerge(top1: list[float], median: float = 0.1) -> dict:
+    return emergence(_profile(top1), _profile([median] * len(top1)), min_abs=100.0, min_ratio=1000.0, jump=10.0,
+                     plateau_band=2.0)
+
+
 def test_emergence_finds_jump_plateau_drop() -> None:
-    top1 = _profile([2.0, 3.0, 300.0, 310.0, 290.0, 305.0, 300.0, 30.0])
-    e = emergence(top1, **EMERGE)
+    e = _emerge([2.0, 3.0, 300.0, 310.0, 290.0, 305.0, 300.0, 30.0])
     assert e["layer"] == 2
     assert e["jump"] == pytest.approx(100.0)
     assert e["jumps_over_threshold"] == [2]
     assert e["plateau_level"] == pytest.approx(300.0)
     assert e["plateau_share"] == 1.0
     assert e["drop"] == pytest.approx(0.1)
-    assert e["jump_ok"] and e["plateau_ok"] and e["drop_ok"]
 
 
-def test_emergence_flat_profile_has_no_jump() -> None:
-    e = emergence(_profile([5.0] * 8), **EMERGE)
-    assert e["jump"] == pytest.approx(1.0)
-    assert e["jump_ok"] is False
-    assert e["jumps_over_threshold"] == []
+def test_emergence_layer_is_the_first_massive_one_not_the_largest_jump() -> None:
+    """Layer 1 jumps x50 but reaches only 50 (< 100): the first massive layer is 2, after a x4 jump."""
+    e = _emerge([1.0, 50.0, 200.0, 210.0, 205.0, 20.0])
+    assert (e["layer"], e["largest_jump_layer"]) == (2, 1)
+    assert e["jump"] == pytest.approx(4.0)
+    assert emergence_layer(_profile([1.0, 50.0, 200.0]), _profile([0.1] * 3), min_abs=100.0, min_ratio=1000.0) == 2
+
+
+def test_emergence_without_a_massive_layer_gives_only_the_largest_jump() -> None:
+    e = _emerge([5.0] * 8)
+    assert e["layer"] is None and e["largest_jump"] == pytest.approx(1.0)
+    assert e["jumps_over_threshold"] == [] and "jump" not in e and "plateau_share" not in e
+    assert _emerge([500.0, 500.0], median=1.0)["layer"] is None  # 500x the median: not massive
+
+
+def test_emergence_at_layer_0_has_no_jump_into_it() -> None:
+    e = _emerge([300.0, 310.0, 290.0, 30.0])
+    assert e["layer"] == 0 and "jump" not in e and e["plateau_share"] == 1.0
 
 
 def test_emergence_without_final_drop() -> None:
-    e = emergence(_profile([2.0, 3.0, 300.0, 310.0, 290.0, 305.0, 300.0, 300.0]), **EMERGE)
-    assert e["layer"] == 2 and e["jump_ok"] and e["plateau_ok"]
-    assert e["drop"] == pytest.approx(1.0)
-    assert e["drop_ok"] is False
-
-
-def test_emergence_ignores_late_jumps() -> None:
-    """Only the first early_frac of layers may host the emergence layer."""
-    e = emergence(_profile([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 500.0, 1.0]), **EMERGE)
-    assert e["layer"] < 4
-    assert e["jump_ok"] is False
-    assert 6 in e["jumps_over_threshold"]
+    e = _emerge([2.0, 3.0, 300.0, 310.0, 290.0, 305.0, 300.0, 300.0])
+    assert e["layer"] == 2 and e["drop"] == pytest.approx(1.0)
 
 
 def test_emergence_plateau_outlier_share() -> None:
     # plateau layers 2..6: one of five (layer 4) is far outside the band -> share 0.8
-    e = emergence(_profile([1.0, 1.0, 100.0, 100.0, 1000.0, 100.0, 100.0, 5.0]), **EMERGE)
-    assert e["plateau_share"] == pytest.approx(0.8)
-    assert e["plateau_ok"]
-    e = emergence(_profile([1.0, 1.0, 100.0, 1000.0, 1000.0, 100.0, 100.0, 5.0]), **EMERGE)
-    assert e["plateau_share"] == pytest.approx(0.6)
-    assert not e["plateau_ok"]
+    assert _emerge([1.0, 1.0, 100.0, 100.0, 1000.0, 100.0, 100.0, 5.0])["plateau_share"] == pytest.approx(0.8)
+    assert _emerge([1.0, 1.0, 100.0, 1000.0, 1000.0, 100.0, 100.0, 5.0])["plateau_share"] == pytest.approx(0.6)
+
+
+def test_the_emergence_rule_on_the_documents_own_table_gives_its_layer_2() -> None:
+    """000's gpt2 table (the layer_profile record): top-1/median is 169x, 859x, 2946x in layers 0-2,
+    so the first massive layer is 2, the document's; the largest jump is into layer 1 (x6.0)."""
+    record = next(r for r in tomllib.loads((CLAIMS / "massive.toml").read_text())["claim"]
+                  if r["id"] == "massive.layer_profile" and r.get("variant") == "gpt2")
+    doc = record["documented_values"]
+    top1 = _profile([doc[f"top1.{l}"] for l in range(12)])
+    median = _profile([doc[f"median.{l}"] for l in range(12)])
+    assert emergence_layer(top1, median, min_abs=100.0, min_ratio=1000.0) == 2
+    e = emergence(top1, median, min_abs=100.0, min_ratio=1000.0, jump=3.0, plateau_band=2.0)
+    assert e["layer"] == 2 and e["largest_jump_layer"] == 1 and e["largest_jump"] == pytest.approx(6.01, abs=0.01)
+    # the rest of the documented pattern holds there too: x4.06 jump, plateau 2-10, drop at 11
+    assert e["jump"] == pytest.approx(4.06, abs=0.01) and e["plateau_share"] == 1.0 and e["drop"] < 0.5
 
 
 # ---------------------------------------------------------------- massive_dims

@@ -60,12 +60,12 @@ def test_checkpoints_invalid_without_massive_activations(arch: str) -> None:
 def test_documented_checkpoints_are_all_measured_on_a_gpt2_architecture(planted_mlp) -> None:
     """Every documented name is a value the check gives, so a gpt2 run compares, never reports 'invalid'."""
     rec = record("mlp.checkpoints", "gpt2")
-    v = judge(replace(rec, params=replace(rec.params, layer=PLANT["layer"])), planted_mlp)
+    v = judge(replace(rec, params=replace(rec.params, layer=PLANT["layer"]), seqlen=None), planted_mlp)  # 16 tokens
     assert set(rec.documented_values) <= set(v.values)
     assert v.verdict == "refuted" and "output.max" in v.reason  # a planted 1000 is not gpt2's 2342
 
 
-# ---------------------------------------------------------------- M4 mlp.top_contributors
+# ---------------------------------------------------------------- M4 mlp.top_contributors: weights
 
 def test_contributors_find_the_planted_unit_by_the_correct_axis_only(planted_mlp) -> None:
     right = judge(record("mlp.top_contributors", "correct_method"), planted_mlp)
@@ -87,6 +87,28 @@ def test_contributors_refuted_where_attention_writes_the_outlier(planted_attn) -
 def test_contributors_invalid_without_massive_activations() -> None:
     v = judge(record("mlp.top_contributors", "correct_method"), context(tiny_model("llama"), "tiny-llama"))
     assert v.verdict == "invalid"
+
+
+# ---------------------------------------------------------------- M4 mlp.top_contributors: contributions
+
+def test_contributions_find_the_planted_unit_writing_the_massive_value(planted_mlp) -> None:
+    """The general form measures what the units write at the massive token: the planted unit writes it all."""
+    v = judge(record("mlp.top_contributors"), planted_mlp, resamples=20)
+    assert v.verdict == "holds", v.summary
+    assert (v.values["layer"], v.values["dim"]) == (PLANT["layer"], PLANT["feature"])
+    assert v.values["share"] > 0.95 and v.values["entries"] == 8  # one massive entry per sample
+    assert next(iter(v.details["top_units"])) == 0  # the planted unit
+    assert v.selections["massive entries"] == [[i, PLANT["token"]] for i in range(8)]
+
+
+def test_contributions_refuted_where_attention_writes_the_massive_value(planted_attn) -> None:
+    v = judge(record("mlp.top_contributors"), planted_attn, resamples=20)
+    assert v.verdict == "refuted", v.summary
+    assert abs(v.values["share"]) < 0.05 and abs(v.values["mlp_share"]) < 0.05
+
+
+def test_contributions_invalid_without_massive_activations() -> None:
+    assert judge(record("mlp.top_contributors"), context(tiny_model("llama"), "tiny-llama")).verdict == "invalid"
 
 
 def test_the_two_methods_read_the_same_row_of_an_out_in_weight() -> None:

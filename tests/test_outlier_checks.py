@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builders import tiny_model
+from builders import planted_gpt2, tiny_model
 from massact.claims import judge
 from massact.metrics import outliers as out
-from test_planted import context, record
+from test_planted import N_LAYER, context, record
 
 T = torch.tensor
 DOC = dict(n=1000, mean=2.0, std=0.5, outliers=[15.2, 12.8, 18.3, 9.7, 20.5])
@@ -169,8 +169,34 @@ def test_planted_heavy_tails_are_found() -> None:
     assert v.values["min_max_z"] > 6
 
 
-@pytest.mark.parametrize("variant", ["general", "documented_method"])
-def test_random_init_activations_carry_no_concentrated_energy(variant: str) -> None:
-    v = judge(record("outliers.energy_concentration", variant), context(tiny_model("llama"), "tiny-llama"))
+def test_random_init_activations_carry_no_concentrated_energy() -> None:
+    ctx = context(tiny_model("llama"), "tiny-llama")
+    v = judge(record("outliers.energy_concentration", "documented_method"), ctx)
     assert v.verdict == "refuted", v.summary
     assert v.values["share"] < 0.2
+    # the general form is decided at the massive layers: a random model has none
+    general = judge(record("outliers.energy_concentration"), ctx)
+    assert general.verdict == "invalid" and "no layer" in general.reason, general.summary
+
+
+def _massive_dim_on(every_token: bool) -> torch.nn.Module:
+    """A planted MLP writing ~1000 into dim 40 at token 3, or (every_token) at every token."""
+    model = planted_gpt2(layer=1, feature=40, token=3, magnitude=1000.0, n_layer=N_LAYER)
+    if every_token:
+        fc = model.transformer.h[1].mlp.c_fc
+        with torch.no_grad():
+            fc.weight[:, 0] = 0.0
+            fc.bias[0] = 10.0  # the pre-activation the planted unit has at its token, now at all of them
+    return model
+
+
+@pytest.mark.parametrize("every_token, verdict", [(False, "holds"), (True, "refuted")])
+def test_energy_concentration_at_the_massive_layers_follows_the_planting(every_token: bool, verdict: str) -> None:
+    """One massive entry per sample carries nearly all the energy; a dim massive on all 16 tokens
+    spreads it over 16 entries, of which the top 0.1% (2 of 1024) carry an eighth."""
+    v = judge(record("outliers.energy_concentration"), context(_massive_dim_on(every_token), "planted"),
+              resamples=20)
+    assert v.verdict == verdict, v.summary
+    assert v.details["massive_layers"] == list(range(1, N_LAYER))
+    assert (v.values["least_share"] > 0.9) if verdict == "holds" else (v.values["least_share"] < 0.2)
+    assert {f"{k}.{l}" for k in ("block", "mlp_input", "pre_act") for l in range(N_LAYER)} <= set(v.values)

@@ -75,15 +75,16 @@ def test_component_claims_follow_the_planting(p):
     mlp = context(planted_gpt2(**p, component="mlp", n_layer=N_LAYER), "planted-mlp")
     attn = context(planted_gpt2(**p, component="attn", n_layer=N_LAYER), "planted-attn")
     expected = {  # claim -> (verdict on the MLP planting, verdict on the attention planting)
-        "ablate.attention_all": ("holds", "refuted"),
-        "ablate.mlp_all": ("holds", "refuted"),
-        "mlp.down_proj_amplifies": ("holds", "refuted"),
+        ("ablate.attention_all", "general"): ("holds", "refuted"),
+        ("ablate.attention_all", "directional"): ("holds", "refuted"),  # zeroing attention removes it
+        ("ablate.mlp_all", "general"): ("holds", "refuted"),
+        ("mlp.down_proj_amplifies", "general"): ("holds", "refuted"),
     }
-    for claim_id, (on_mlp, on_attn) in expected.items():
-        rec = record(claim_id)
+    for (claim_id, variant), (on_mlp, on_attn) in expected.items():
+        rec = record(claim_id, variant)
         got_mlp, got_attn = judge(rec, mlp), judge(rec, attn)
-        assert got_mlp.verdict == on_mlp, f"{claim_id} on MLP planting: {got_mlp.summary}"
-        assert got_attn.verdict == on_attn, f"{claim_id} on attention planting: {got_attn.summary}"
+        assert got_mlp.verdict == on_mlp, f"{claim_id}/{variant} on MLP planting: {got_mlp.summary}"
+        assert got_attn.verdict == on_attn, f"{claim_id}/{variant} on attention planting: {got_attn.summary}"
 
 
 def test_activation_claim_fails_when_the_largest_preactivation_is_negative():
@@ -110,6 +111,25 @@ def test_emergence_is_found_at_the_planted_layer():
     ctx = context(planted_gpt2(layer=1, feature=40, token=0, magnitude=3000.0, n_layer=N_LAYER), "planted")
     v = judge(record("massive.emergence"), ctx)
     assert v.values["layer"] == 1 and v.values["jump"] > 3, v.summary
+    # the planted activation persists through the last layer: no drop there
+    assert v.verdict == "refuted" and v.bootstrap["conditions"]["drop <= 0.5"] == "fails", v.bootstrap
+
+
+def test_emergence_refuted_without_a_massive_layer():
+    v = judge(record("massive.emergence"), context(tiny_model("llama"), "tiny-llama"))
+    assert v.verdict == "refuted" and "layer" not in v.values and "nothing emerges" in v.summary, v.summary
+
+
+def test_a_records_seqlen_cuts_the_samples_the_check_reads():
+    """A documented-value form runs at its record's length: the pass reads samples of that many tokens."""
+    from dataclasses import replace
+
+    ctx = context(planted_gpt2(layer=1, feature=40, token=0, magnitude=3000.0, n_layer=N_LAYER), "planted")
+    at = ctx.at_seqlen(12)
+    ctx.engine.inputs[(ctx.lm.spec, at.corpus.key)] = ctx.engine.inputs[(ctx.lm.spec, ctx.corpus.key)][:, :12]
+    judge(replace(record("massive.exists"), seqlen=12), ctx, resamples=0)
+    kinds = {kind[1][0] for kind in ctx.engine.passes}
+    assert kinds == {at.corpus.key}, kinds
 
 
 def test_a_fixed_dims_claim_naming_dims_beyond_the_hidden_size_is_invalid():

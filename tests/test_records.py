@@ -32,7 +32,7 @@ def test_params_take_the_shared_defaults() -> None:
 @pytest.mark.parametrize("change, message", [
     ({"min_abs": "100"}, "field 'params.min_abs' must be a number, not '100'"),
     ({"min_abs": True}, "field 'params.min_abs' must be a number, not True"),
-    ({"mode": "falls"}, "field 'params.mode' must be one of 'unchanged', 'drops', not 'falls'"),
+    ({"mode": "falls"}, "field 'params.mode' must be one of 'unchanged', 'drops', 'not_lowered', not 'falls'"),
     ({"bound_typo": 0.02}, "unknown key(s) ['bound_typo']"),
 ], ids=["string-number", "bool-number", "literal", "unknown"])
 def test_a_param_of_the_wrong_type_or_name_is_an_error_naming_it(change, message) -> None:
@@ -69,3 +69,19 @@ def test_lists_become_tuples_so_params_stay_hashable() -> None:
     claim = validate(_raw("massive.fixed_dims", "gpt2_dims_2533_1415"))
     assert claim.params.dims == (2533, 1415)
     hash(claim.params)
+
+
+# gpt2 forms that run no pass at the document's length: weights only, or invalid before any pass
+WEIGHTS_ONLY = {"svd.dominant_direction/gpt2", "mlp.top_contributors/gpt2_documented_method",
+                "mlp.top_contributors/gpt2_correct_method", "massive.fixed_dims/gpt2_dims_2533_1415",
+                "svd.function_words_align/gpt2"}  # the last: Exp5's numbers come from synthetic data
+
+
+def test_documented_forms_on_gpt2_run_at_the_documents_length() -> None:
+    """The gpt2 numbers were measured on 1024-token samples (the SVD fit on 30 of them, 30,720 tokens):
+    a documented-value form compares at that length, whatever the session's --seqlen."""
+    gpt2 = {c.key: c for path in sorted(CLAIMS.glob("*.toml")) for c in load_records(path)
+            if isinstance(c, Claim) and c.documented_on == "gpt2"}
+    assert {k for k, c in gpt2.items() if c.seqlen != 1024} == WEIGHTS_ONLY
+    fit = gpt2["svd.projection_r2/gpt2"]
+    assert fit.nsamples * fit.seqlen == 30720

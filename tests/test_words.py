@@ -1,6 +1,8 @@
 """Token classes on hand-built token lists and the real tokenizers; S3, S4 and L5 on planted models."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -141,24 +143,41 @@ def test_the_planted_text_is_classed_as_intended() -> None:
     assert (codes[0] == CODE["content"]).nonzero().flatten().tolist() == CONTENT_POS
 
 
-@pytest.mark.parametrize("positions, align, no_diff, tokens", [
-    (FUNCTION_POS, "holds", "refuted", "holds"),  # function words drive the massive unit
-    (CONTENT_POS, "refuted", "refuted", "refuted"),  # content words do
-    ([8, 4], "refuted", "holds", "refuted"),  # one of each: no difference
-    ([0], None, None, "holds"),  # the first token only
-], ids=["function", "content", "mixed", "first"])
-def test_word_claims_follow_the_planting(positions, align, no_diff, tokens) -> None:
+@pytest.mark.parametrize("positions, align, no_diff", [
+    (FUNCTION_POS, "holds", "refuted"),  # function words drive the massive unit
+    (CONTENT_POS, "refuted", "refuted"),  # content words do
+    ([8, 4], "refuted", "holds"),  # one of each: no difference
+], ids=["function", "content", "mixed"])
+def test_word_claims_follow_the_planting(positions, align, no_diff) -> None:
     ctx = text_context(planted_at(positions), "planted")
     s3, s4 = (judge(record(c), ctx, resamples=RESAMPLES)
               for c in ("svd.function_words_align", "svd.function_words_no_difference"))
     assert not (s3.verdict == "holds" and s4.verdict == "holds"), "S3 and S4 contradict each other"
-    if align is not None:
-        assert (s3.verdict, s4.verdict) == (align, no_diff), f"{s3.summary} / {s4.summary}"
-        assert s3.values["n_function"] == 8 * len(FUNCTION_POS) and s3.values["n_content"] == 8 * len(CONTENT_POS)
-        assert set(s3.details["top_function"]) >= {"a", "o", "m"}
-    l5 = judge(record("massive.tokens"), ctx, resamples=RESAMPLES)
-    assert l5.verdict == tokens, l5.summary
+    assert (s3.verdict, s4.verdict) == (align, no_diff), f"{s3.summary} / {s4.summary}"
+    # the document's own measure, signed cos: the planted unit's input has one sign, so the same verdict
+    signed = judge(record("svd.function_words_no_difference", "signed"), ctx, resamples=RESAMPLES)
+    assert signed.verdict == no_diff and signed.values["d"] == signed.values["d_signed"], signed.summary
+    assert s3.values["n_function"] == 8 * len(FUNCTION_POS) and s3.values["n_content"] == 8 * len(CONTENT_POS)
+    assert set(s3.details["top_function"]) >= {"a", "o", "m"}
+
+
+@pytest.mark.parametrize("positions, verdict, failing", [
+    ([0, *FUNCTION_POS], "holds", []),  # the first token and function words
+    (FUNCTION_POS, "refuted", ["pos0_pair_share >= 0.9"]),  # function words, but not the first token
+    ([0, *CONTENT_POS], "refuted", ["fd_share_rest >= 0.9", "fd_enrichment > 1"]),  # the first token and content words
+    ([0], "refuted", ["fd_share_rest >= 0.9", "fd_enrichment > 1"]),  # the first token only: the word half fails
+], ids=["first-and-function", "function-only", "first-and-content", "first-only"])
+def test_massive_tokens_judges_the_first_token_and_the_words_apart(positions, verdict, failing) -> None:
+    """L5 is a conjunction: each half is seen failing alone, and with no massive position but the
+    first the function-word half fails instead of passing for want of a counter-example."""
+    l5 = judge(record("massive.tokens"), text_context(planted_at(positions), "planted"), resamples=RESAMPLES)
+    assert l5.verdict == verdict, l5.summary
     assert l5.values["n_positions"] == 8 * len(positions)
+    assert [c for c, side in l5.bootstrap["conditions"].items() if side == "fails"] == failing, l5.bootstrap
+    if positions == [0]:
+        assert "fd_share_rest" not in l5.values and "not borne out" in l5.summary
+    else:
+        assert 0 < l5.values["fd_base_rate"] < 1
 
 
 def test_word_claims_are_invalid_without_a_tokenizer_or_a_massive_layer() -> None:
@@ -177,5 +196,5 @@ def test_word_claims_are_invalid_without_a_tokenizer_or_a_massive_layer() -> Non
 @pytest.mark.parametrize("claim", ["svd.function_words_align", "svd.function_words_no_difference", "massive.tokens"])
 def test_documented_forms_measure_every_documented_value(claim) -> None:
     rec = record(claim, "gpt2")
-    v = judge(rec, text_context(planted_at(FUNCTION_POS), "gpt2"), resamples=0)
+    v = judge(replace(rec, seqlen=None), text_context(planted_at(FUNCTION_POS), "gpt2"), resamples=0)  # 32 tokens
     assert v.verdict in ("holds", "refuted") and set(rec.documented_values) <= set(v.values), v.summary

@@ -18,7 +18,7 @@ from massact.metrics import heads as hm
 @dataclass(frozen=True, kw_only=True)
 class AblationParams(MassiveDef):
     intervention: Literal["zero_attention", "zero_mlp"]
-    mode: Literal["unchanged", "drops"]
+    mode: Literal["unchanged", "drops", "not_lowered"]
     bound: float
 
 
@@ -30,7 +30,8 @@ def _ablation_needs(p: AblationParams):
 def ablation(ctx: Context, p: AblationParams) -> Measurement:
     """Per massive layer: relative change of the mean top-1 under the intervention.
 
-    mode "unchanged": every |change| < bound; mode "drops": every change < -bound.
+    mode "unchanged": every |change| < bound; "drops": every change < -bound; "not_lowered":
+    every change > -bound (the component does not make the top-1, whatever else it does to it).
     """
     base_r = ctx.run(PROFILE)
     if not massive_layers(profile(base_r, ctx.lm.n_layers), p):
@@ -50,9 +51,12 @@ def ablation(ctx: Context, p: AblationParams) -> Measurement:
         if p.mode == "unchanged":
             worst = max(ch, key=lambda l: abs(ch[l]))
             holds = abs(ch[worst]) < p.bound
-        else:
+        elif p.mode == "drops":
             worst = max(ch, key=lambda l: ch[l])
             holds = ch[worst] < -p.bound
+        else:
+            worst = min(ch, key=lambda l: ch[l])
+            holds = ch[worst] > -p.bound
         return Outcome(
             holds=holds, primary="worst_change",
             summary=f"{p.intervention}: top-1 change over massive layers {ranges(layers)}: "
@@ -60,10 +64,12 @@ def ablation(ctx: Context, p: AblationParams) -> Measurement:
             values={"worst_change": ch[worst], **{f"change.{l}": float(change[l]) for l in range(len(change))}})
 
     base, new, layers, change = measure(None)
-    bound = {"op": "<", "value": p.bound, "abs": True} if p.mode == "unchanged" else \
-        {"op": "<", "value": -p.bound, "abs": False}
-    band = fig.Band(-p.bound, p.bound, f"+-{p.bound:.0%}") if p.mode == "unchanged" else \
-        fig.Band(-1.0, -p.bound, f"drop > {p.bound:.0%}")
+    bound, band = {
+        "unchanged": ({"op": "<", "value": p.bound, "abs": True}, fig.Band(-p.bound, p.bound, f"+-{p.bound:.0%}")),
+        "drops": ({"op": "<", "value": -p.bound, "abs": False}, fig.Band(-1.0, -p.bound, f"drop > {p.bound:.0%}")),
+        "not_lowered": ({"op": ">", "value": -p.bound, "abs": False},
+                        fig.Band(-p.bound, max(p.bound, float(change.max())), f"no drop > {p.bound:.0%}")),
+    }[p.mode]
     label = {"zero_attention": "attention zeroed", "zero_mlp": "MLPs zeroed"}[p.intervention]
     return Measurement(
         decide, n=base_r.n, unit="%", bound=bound,
@@ -100,6 +106,9 @@ def _change(ctx: Context, base_r, pruned_r, idx) -> torch.Tensor:
     return act.relative_change(base["top1"], new["top1"])
 
 
+CONTROLS = {"random": "random_heads", "layer_matched": "layer_matched_random_heads"}  # A3's, by draw kind
+
+
 @dataclass(frozen=True, kw_only=True)
 class TopBottomParams(PruneParams):
     k: int
@@ -108,64 +117,100 @@ class TopBottomParams(PruneParams):
 
 @check(TopBottomParams, needs=[PROFILE, ATTENTION])
 def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
-    """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones."""
+    """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones.
+
+    Controls: k random heads, and k random heads drawn from the bottom heads' own layers (when
+    those layers have k other heads); either moving top-1 as much as the bottom heads means the
+    ranking picks nothing out.
+    """
     s = scores(ctx, p.rank_by)  # the ranking, from all of the claim's samples
     L, H = s.shape
     top, bottom = hm.ranked(s, p.k), hm.ranked(s, p.k, top=False)
-    rnd = [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)]
+    draws = {"random": [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)],
+             "layer_matched": [h for d in range(p.random_draws)
+                               if (h := hm.layer_matched_heads(bottom, H, seed=d, exclude=top + bottom))]}
     base_r = ctx.run(PROFILE)
-    pruned = {"top": _prune_profile(ctx, top, p.method), "bottom": _prune_profile(ctx, bottom, p.method)}
-    pruned_rnd = [_prune_profile(ctx, h, p.method) for h in rnd]
+    pruned = {name: _prune_profile(ctx, heads, p.method) for name, heads in (("top", top), ("bottom", bottom))}
+    pruned_draws = {k: [_prune_profile(ctx, h, p.method) for h in hs] for k, hs in draws.items() if hs}
 
     def decide(idx):
         impact = {name: _change(ctx, base_r, r, idx).abs().mean().item() for name, r in pruned.items()}
-        impact["random"] = sum(_change(ctx, base_r, r, idx).abs().mean().item() for r in pruned_rnd) / len(rnd)
+        for k, rs in pruned_draws.items():
+            impact[k] = sum(_change(ctx, base_r, r, idx).abs().mean().item() for r in rs) / len(rs)
         ratio = impact["bottom"] / max(impact["top"], 1e-12)
+        matched = (f"{p.k} random heads of the bottom heads' layers {impact['layer_matched']:.3%}"
+                   if "layer_matched" in impact else "the bottom heads' layers hold no other heads to match them")
         return Outcome(
-            holds=impact["bottom"] > impact["top"], primary="bottom_over_top",
+            holds=ratio > 1, primary="bottom_over_top",
             summary=f"{p.method}: mean |top-1 change| over layers: top {top} {impact['top']:.3%}, bottom {bottom} "
-                    f"{impact['bottom']:.3%} (x{ratio:.1f}), {p.k} random heads {impact['random']:.3%}",
+                    f"{impact['bottom']:.3%} (x{ratio:.1f}); {p.k} random heads {impact['random']:.3%}; {matched}",
             values={"bottom_over_top": ratio, **{f"impact.{k}": v for k, v in impact.items()}},
-            # the claim is that the bottom heads matter: random heads that move top-1 as much pick nothing out
-            controls={"random_heads": impact["random"] >= impact["bottom"]})
+            # the claim is that the bottom heads matter: other heads that move top-1 as much, anywhere or
+            # in the same layers, show that the ranking picks nothing out
+            controls={CONTROLS[k]: impact[k] >= impact["bottom"] for k in pruned_draws})
 
     changes = {name: _change(ctx, base_r, r, None).tolist() for name, r in pruned.items()}
+    if "layer_matched" in pruned_draws:
+        changes["layer-matched"] = _change(ctx, base_r, pruned_draws["layer_matched"][0], None).tolist()
     return Measurement(
         decide, n=base_r.n, unit="x", bound={"op": ">", "value": 1.0, "abs": False},
-        selections={"top heads": top, "bottom heads": bottom, "random heads": rnd,
+        selections={"top heads": top, "bottom heads": bottom, "random heads": draws["random"],
+                    "layer-matched heads": draws["layer_matched"] or "none: the bottom heads' layers have no others",
                     "ranked by": f"first-token attention ({p.rank_by}) over all {base_r.n} samples"},
-        details={"top": top, "bottom": bottom, "random": rnd},
+        details={"top": top, "bottom": bottom, "draws": draws},
         figures=[fig.Bars(title=f"{ctx.lm.name}: top-1 change per layer when heads are pruned ({p.method})",
                           categories=[str(l) for l in range(L)],
                           series={f"{name} {p.k}": v for name, v in changes.items()}, x_label="layer",
                           y_label="relative change of mean top-1", unit="%",
-                          caption=f"top heads {top}, bottom heads {bottom} by first-token attention")])
+                          caption=f"top heads {top}, bottom heads {bottom} by first-token attention; layer-matched: "
+                                  f"the first draw of random heads of the bottom heads' layers")])
 
 
 @dataclass(frozen=True, kw_only=True)
-class SingleHeadParams(PruneParams):
+class SingleHeadParams(PruneParams, MassiveDef):
     n_heads: int
     bound: float
 
 
 @check(SingleHeadParams, needs=[PROFILE, ATTENTION])
 def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
-    """Pruning one of the top first-token heads leaves its own layer's top-1 within ``bound``."""
+    """Pruning one of the top first-token heads leaves its own layer's top-1 within ``bound``.
+
+    Control: as many heads of the emergence layer, each pruned alone; if they too leave their
+    layer's top-1 within ``bound``, no single head matters and the claim picks nothing out.
+    """
     heads = hm.ranked(scores(ctx, p.rank_by), p.n_heads)
     base_r = ctx.run(PROFILE)
-    pruned = {(l, h): _prune_profile(ctx, [(l, h)], p.method) for l, h in heads}
+    prof = profile(base_r, ctx.lm.n_layers)
+    layer = act.emergence_layer(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio)
+    H = ctx.lm.adapter.n_heads(ctx.lm.config)
+    control = (None if layer is None else
+               hm.layer_matched_heads([(layer, 0)] * p.n_heads, H, seed=0, exclude=heads)) or []
+    no_control = "no massive layer" if layer is None else f"layer {layer} has no {p.n_heads} heads besides the top ones"
+    pruned = {(l, h): _prune_profile(ctx, [(l, h)], p.method) for l, h in heads + control}
 
     def decide(idx):
-        change = {(l, h): float(_change(ctx, base_r, r, idx)[l]) for (l, h), r in pruned.items()}
+        change = {(l, h): float(_change(ctx, base_r, pruned[(l, h)], idx)[l]) for l, h in heads}
         worst = max(change, key=lambda k: abs(change[k]))
-        return Outcome(
-            holds=abs(change[worst]) < p.bound, primary="worst_change",
-            summary=f"{p.method}: " + ", ".join(f"head {k}: layer {k[0]} top-1 {v:+.3%}" for k, v in change.items()),
-            values={"worst_change": change[worst], **{f"change.{l}.{h}": v for (l, h), v in change.items()}})
+        ctl = {(l, h): float(_change(ctx, base_r, pruned[(l, h)], idx)[l]) for l, h in control}
+        values = {"worst_change": change[worst], **{f"change.{l}.{h}": v for (l, h), v in (change | ctl).items()}}
+        summary = f"{p.method}: " + ", ".join(f"head {k}: layer {k[0]} top-1 {v:+.3%}" for k, v in change.items())
+        controls = {}
+        if ctl:
+            values["control_worst_change"] = max(ctl.values(), key=abs)
+            summary += (f"; control, heads of the emergence layer {layer} pruned alone: "
+                        + ", ".join(f"{k} {v:+.3%}" for k, v in ctl.items()))
+            controls["emergence_layer_heads"] = abs(values["control_worst_change"]) < p.bound
+        else:
+            summary += f"; {no_control}: no emergence-layer control"
+        return Outcome(holds=abs(change[worst]) < p.bound, primary="worst_change", summary=summary, values=values,
+                       controls=controls)
 
     full = decide(None)
     return Measurement(decide, n=base_r.n, unit="%", bound={"op": "<", "value": p.bound, "abs": True},
                        selections={"heads": heads, "ranked by": f"first-token attention ({p.rank_by}) over all "
-                                                                 f"{base_r.n} samples"},
-                       details={"heads": [list(k) for k in pruned],
-                                "change": [full.values[f"change.{l}.{h}"] for l, h in pruned]})
+                                                                 f"{base_r.n} samples",
+                                   "control heads": control or f"none: {no_control}",
+                                   "emergence layer": layer if layer is not None else "none"},
+                       details={"heads": [list(k) for k in heads], "control_heads": [list(k) for k in control],
+                                "change": [full.values[f"change.{l}.{h}"] for l, h in heads]})

@@ -3,14 +3,18 @@
 A check measures once: it runs the passes it asks for (``ctx.run(request)``) and returns a
 Measurement whose pure ``decide(idx)`` turns a resample of the per-sample measurements into an
 Outcome (the decision, the primary value, the controls). The judge calls ``decide(None)`` for
-the verdict and ``decide(idx)`` for each bootstrap resample; nothing re-runs. Choices a check
-makes from the data (which heads to prune, which layer to keep) are made once, from all
-samples, before ``decide``, and listed in ``selections``: the interval is conditional on them.
-A claim that cannot be evaluated as written on this model raises ClaimInvalid.
+the verdict and ``decide(idx)`` for each bootstrap resample; nothing re-runs. A choice a check
+makes from data that every resample has (the massive layers, the emergence layer from the
+profile) is made again inside ``decide``; one that needs a pass of its own (which heads to
+prune, which entries to set) is made once, from all samples, and listed in ``selections``: the
+interval is conditional on it. The claim's comparisons are ``conditions`` on named values, each
+judged on its own interval. A claim that cannot be evaluated as written on this model raises
+ClaimInvalid.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections import Counter
@@ -42,6 +46,17 @@ class Context:
     def run(self, request: Request, *, n: int | None = None) -> PassResult:
         """A cached pass with at least ``request``'s statistics over this claim's samples."""
         return self.engine.run(self.lm, self.corpus, request, n=self.n if n is None else n)
+
+    @property
+    def seqlen(self) -> int:
+        """Tokens per sample of the corpus this claim reads."""
+        return self.corpus.settings.seqlen
+
+    def at_seqlen(self, seqlen: int, *, n: int | None = None) -> Context:
+        """This context with samples of ``seqlen`` tokens (a sample order of their own), and ``n`` of them."""
+        settings = dataclasses.replace(self.corpus.settings, seqlen=seqlen)
+        return dataclasses.replace(self, corpus=dataclasses.replace(self.corpus, settings=settings),
+                                   n=self.n if n is None else n)
 
 
 # ---------------------------------------------------------------- parameters
@@ -156,16 +171,68 @@ class Outcome:
     reason: str = ""
 
 
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda x, t: x > t, ">=": lambda x, t: x >= t, "<": lambda x, t: x < t, "<=": lambda x, t: x <= t}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One comparison a claim makes: ``values[value] op threshold`` (``|value|`` when ``abs``).
+
+    A value that is missing or nan fails: a claim that cannot be measured is not borne out.
+    """
+
+    value: str
+    op: str
+    threshold: float
+    abs: bool = False
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"op must be one of {sorted(OPS)}, not {self.op!r}")
+
+    @classmethod
+    def on(cls, value: str, bound: dict) -> Condition:
+        """The condition a primary value and a report bound ``{"op", "value", "abs"}`` state."""
+        return cls(value, bound["op"], float(bound["value"]), bool(bound.get("abs", False)))
+
+    def holds(self, values: dict) -> bool:
+        x = values.get(self.value)
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x):
+            return False
+        return OPS[self.op](abs(x) if self.abs else x, self.threshold)
+
+    def side(self, lo: float, hi: float) -> str:
+        """Where an interval [lo, hi] of the value lies: "holds" (all of it satisfies the
+        condition), "fails" (none of it does) or "straddles"."""
+        if self.abs:  # |x| op t: the interval's |x| runs from 0 (when it spans 0) to max(|lo|, |hi|)
+            lo, hi = (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))), max(abs(lo), abs(hi))
+        ok = OPS[self.op]
+        if ok(lo, self.threshold) and ok(hi, self.threshold):
+            return "holds"
+        if not ok(lo, self.threshold) and not ok(hi, self.threshold):
+            return "fails"
+        return "straddles"
+
+    def describe(self) -> str:
+        return f"{'|' + self.value + '|' if self.abs else self.value} {self.op} {self.threshold:g}"
+
+
 @dataclass
 class Measurement:
     """Measured once; ``decide`` evaluates the claim on a resample ``idx`` of the ``n`` samples
-    (None: all of them). ``n`` 0: nothing to resample (weights, a document's numbers)."""
+    (None: all of them). ``n`` 0: nothing to resample (weights, a document's numbers).
+
+    ``conditions``: the comparisons the claim makes, all of which its Outcome.holds says hold;
+    none given, the primary against ``bound``.
+    """
 
     decide: Callable[[torch.Tensor | None], Outcome]
     n: int = 0
     unit: str = ""  # how the primary is shown: "%" (a fraction), "x" (a factor), "" (plain)
     bound: dict | None = None  # the threshold on the primary as a number: {"op", "value", "abs"}
-    selections: dict = field(default_factory=dict)  # made once from all samples
+    conditions: list[Condition] = field(default_factory=list)
+    selections: dict = field(default_factory=dict)  # made once from all samples: intervals are conditional on them
     details: dict = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
     artifacts: dict = field(default_factory=dict)  # file name -> JSON content, written beside results.json
@@ -227,18 +294,24 @@ def check_dim(ctx: Context, dim: int) -> int:
 
 
 def emergence_layer(ctx: Context, p: AtLayer) -> int:
-    """The layer a per-layer claim looks at: ``p.layer``, else the emergence layer: the first
-    layer whose mean top-1 is massive (the one definition every claim uses)."""
+    """The layer a per-layer claim looks at: ``p.layer``, else the emergence layer of all samples
+    (metrics.activations.emergence_layer: the first layer whose mean top-1 is massive)."""
     if p.layer is not None:
         return check_layer(ctx, p.layer)
-    layers = massive_layers(profile(ctx.run(PROFILE), ctx.lm.n_layers), p)
-    if not layers:
-        raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations "
+    return emergence_of(profile(ctx.run(PROFILE), ctx.lm.n_layers), p, ctx.lm.name)
+
+
+def emergence_of(prof: dict[str, torch.Tensor], p: MassiveDef, name: str) -> int:
+    """The emergence layer of a profile; ClaimInvalid when no layer is massive."""
+    layer = act.emergence_layer(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio)
+    if layer is None:
+        raise ClaimInvalid(f"no layer of {name} has massive activations "
                            f"(top-1 >= {p.min_abs:g} and >= {p.min_ratio:g}x median): nothing to locate")
-    return layers[0]
+    return layer
 
 
 TOP_FEATURE = want("block.*", "top_feature")
+TOP_ENTRIES = want("block.*", "top_value", "top_token", "top_feature", "median")  # where the top-3 entries sit
 
 
 def massive_dim(ctx: Context, layer: int, p: AtLayer) -> int:

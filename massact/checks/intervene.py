@@ -8,14 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, AtLayer, ClaimInvalid, Context, Measurement, Outcome, check,
-                                 emergence_layer)
+from massact.checks.base import (PROFILE, TOP_ENTRIES, AtLayer, ClaimInvalid, Condition, Context, Measurement,
+                                 Outcome, check, emergence_layer)
 from massact.engine import PassResult
 from massact.interventions import SetActivations
 from massact.metrics import activations as act
 from massact.requests import LOSS_POINT, want
 
-TOP = want("block.*", "top_value", "top_token", "top_feature", "median")
 LOSS = want(LOSS_POINT, "loss")
 
 
@@ -34,6 +33,18 @@ def massive_entries(r: PassResult, layer: int, p: AtLayer, min_recur: float) -> 
     return [(t, f, sums[(t, f)] / hits[(t, f)]) for t, f in sorted(keep)]
 
 
+def largest_ordinary(a: torch.Tensor, k: int, p: AtLayer) -> list[tuple[int, int, float]]:
+    """(token, feature, mean |a|) of the k entries of a (N, T, D) with the largest mean |a| over samples
+    among those massive in no sample: a control as strong as ordinary entries get."""
+    absa = a.abs().double()
+    med = absa.reshape(len(a), -1).median(dim=1).values  # (N,)
+    massive = act.massive_mask(absa, med[:, None, None], min_abs=p.min_abs, min_ratio=p.min_ratio).any(0)  # (T, D)
+    mean = absa.mean(0).masked_fill(massive, -1.0)
+    top = mean.flatten().topk(k).indices.tolist()
+    D = a.shape[2]
+    return [(i // D, i % D, float(mean.flatten()[i])) for i in top]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZeroVsMeanParams(AtLayer):
     min_recur: float
@@ -41,25 +52,20 @@ class ZeroVsMeanParams(AtLayer):
     mean_max_ratio: float
 
 
-@check(ZeroVsMeanParams, needs=[PROFILE, TOP, LOSS])
+@check(ZeroVsMeanParams, needs=[PROFILE, TOP_ENTRIES, LOSS])
 def zero_vs_mean(ctx: Context, p: ZeroVsMeanParams) -> Measurement:
     layer = emergence_layer(ctx, p)
     base_r = ctx.run(LOSS)
     if base_r.loss is None:
         raise ClaimInvalid(f"{ctx.lm.name} has no language-model head: perplexity is undefined")
-    entries = massive_entries(ctx.run(TOP), layer, p, p.min_recur)  # from all samples, never a resample
+    entries = massive_entries(ctx.run(TOP_ENTRIES), layer, p, p.min_recur)  # from all samples, never a resample
     if not entries:
         raise ClaimInvalid(f"no massive entry at layer {layer} recurs in {p.min_recur:.0%} of samples")
     zero = SetActivations(tuple((layer, t, f, 0.0) for t, f, _ in entries))
     mean = SetActivations(tuple((layer, t, f, round(v, 4)) for t, f, v in entries))
-    # control: zero as many ordinary entries (tokens >= 1, other features) at the same layer
-    g = torch.Generator().manual_seed(0)
-    T, D = base_r.input_ids.shape[1], ctx.lm.hidden_size
-    massive_feats = {f for _, f, _ in entries}
-    others = [f for f in torch.randperm(D, generator=g).tolist() if f not in massive_feats][:len(entries)]
-    rnd = SetActivations(tuple(
-        (layer, int(t), f, 0.0) for t, f in zip(torch.randint(1, T, (len(others),), generator=g).tolist(), others)))
-    runs = {name: ctx.run(LOSS.under(iv)) for name, iv in (("zero", zero), ("mean", mean), ("control", rnd))}
+    ordinary = largest_ordinary(ctx.run(want(f"block.{layer}", "full")).stat(f"block.{layer}", "full"), len(entries), p)
+    control = SetActivations(tuple((layer, t, f, 0.0) for t, f, _ in ordinary))
+    runs = {name: ctx.run(LOSS.under(iv)) for name, iv in (("zero", zero), ("mean", mean), ("control", control))}
 
     def ratios(idx):
         """exp(mean NLL under each intervention - mean NLL of the baseline) over the samples idx."""
@@ -72,19 +78,23 @@ def zero_vs_mean(ctx: Context, p: ZeroVsMeanParams) -> Measurement:
         return Outcome(
             holds=z >= p.zero_min_ratio and m <= p.mean_max_ratio, primary="zero_ppl_ratio",
             summary=f"layer {layer}, {len(entries)} entries {[(t, f) for t, f, _ in entries]}: perplexity x{z:.2f} "
-                    f"set to zero, x{m:.3f} set to their mean; x{c:.3f} zeroing as many ordinary entries "
-                    f"(baseline ppl {math.exp(float(base_r.select(idx).loss.mean())):.2f})",
+                    f"set to zero, x{m:.3f} set to their mean; x{c:.3f} zeroing the {len(ordinary)} largest ordinary "
+                    f"entries {[(t, f) for t, f, _ in ordinary]} (baseline ppl "
+                    f"{math.exp(float(base_r.select(idx).loss.mean())):.2f})",
             values={"zero_ppl_ratio": z, "mean_ppl_ratio": m, "control_ppl_ratio": c, "layer": layer},
-            controls={"ordinary_entries": c >= p.zero_min_ratio})
+            controls={"largest_ordinary_entries": c >= p.zero_min_ratio})
 
     x = ratios(None)
     return Measurement(
         decide, n=base_r.n, unit="x", bound={"op": ">=", "value": p.zero_min_ratio, "abs": False},
+        conditions=[Condition("zero_ppl_ratio", ">=", p.zero_min_ratio),
+                    Condition("mean_ppl_ratio", "<=", p.mean_max_ratio)],
         selections={"layer": f"{layer} (the emergence layer, from all samples)",
-                    "entries": [[t, f] for t, f, _ in entries]},
-        details={"layer": layer, "entries": [list(e) for e in entries]},
+                    "entries": [[t, f] for t, f, _ in entries],
+                    "control entries": [[t, f] for t, f, _ in ordinary]},
+        details={"layer": layer, "entries": [list(e) for e in entries], "control_entries": [list(e) for e in ordinary]},
         figures=[fig.Bars(title=f"{ctx.lm.name}: perplexity when entries at layer {layer} are set",
-                          categories=["set to zero", "set to mean", "control: ordinary entries zeroed"],
+                          categories=["set to zero", "set to mean", "control: largest ordinary entries zeroed"],
                           series={"perplexity / baseline": [x["zero"], x["mean"], x["control"]]}, unit="x",
                           log_y=True, refs=[fig.Ref(p.zero_min_ratio, f"zero needs >= x{p.zero_min_ratio:g}"),
                                             fig.Ref(p.mean_max_ratio, f"mean needs <= x{p.mean_max_ratio:g}")],

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, ClaimInvalid, Context, MassiveDef, Measurement, NoParams, Outcome, Params,
-                                 check, fixed, massive_layers, massive_spans, profile, ranges)
+from massact.checks.base import (PROFILE, ClaimInvalid, Condition, Context, MassiveDef, Measurement, NoParams,
+                                 Outcome, Params, check, fixed, massive_layers, massive_spans, profile, ranges)
 from massact.metrics import activations as act
 from massact.requests import Prompt, want
 
@@ -101,7 +101,7 @@ def table_consistent(ctx: None, p: TableParams) -> Measurement:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmergenceParams(Params):
+class EmergenceParams(MassiveDef):
     jump: float
     early_frac: float
     plateau_band: float
@@ -111,35 +111,54 @@ class EmergenceParams(Params):
 
 @check(EmergenceParams, needs=[PROFILE])
 def emergence(ctx: Context, p: EmergenceParams) -> Measurement:
+    """Top-1 jumps into the emergence layer (the first massive one, as every claim defines it), early
+    in the model; a plateau follows; the last layer drops. The layer is found again in each resample."""
     r = ctx.run(PROFILE)
+    L = ctx.lm.n_layers
+    conditions = [Condition("layer", "<", p.early_frac * L), Condition("jump", ">=", p.jump),
+                  Condition("plateau_share", ">=", p.plateau_frac), Condition("drop", "<=", p.drop_max)]
 
     def measure(idx):
-        prof = profile(r.select(idx), ctx.lm.n_layers)
-        return prof, act.emergence(prof["top1"], jump=p.jump, early_frac=p.early_frac, plateau_band=p.plateau_band,
-                                   plateau_frac=p.plateau_frac, drop_max=p.drop_max)
+        prof = profile(r.select(idx), L)
+        return prof, act.emergence(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio,
+                                   jump=p.jump, plateau_band=p.plateau_band)
 
     def decide(idx):
         _, e = measure(idx)
-        failed = [n for n in ("jump", "plateau", "drop") if not e[f"{n}_ok"]]
-        return Outcome(
-            holds=not failed, primary="jump",
-            summary=f"jump x{e['jump']:.1f} at layer {e['layer']}; plateau {e['plateau_share']:.0%} of layers "
-                    f"{e['layer']}..{ctx.lm.n_layers - 2} within x{p.plateau_band:g} of {e['plateau_level']:.1f}; "
-                    f"last layer x{e['drop']:.2f} of plateau; all >=x{p.jump:g} jumps at {e['jumps_over_threshold']}",
-            values={"layer": e["layer"], "jump": e["jump"], "plateau_share": e["plateau_share"], "drop": e["drop"]},
-            reason=f"fails: {', '.join(failed)}" if failed else "")
+        values = {k: e[k] for k in ("layer", "jump", "plateau_share", "drop", "largest_jump", "largest_jump_layer")
+                  if e.get(k) is not None}
+        failed = [c.describe() for c in conditions if not c.holds(values)]
+        if e["layer"] is None:
+            summary = (f"no layer is massive (top-1 >= {p.min_abs:g} and >= {p.min_ratio:g}x median): nothing "
+                       f"emerges; largest layer-on-layer jump x{e['largest_jump']:.1f} into layer "
+                       f"{e['largest_jump_layer']}")
+        else:
+            summary = (f"emergence layer {e['layer']} (the first massive one) of {L}: jump "
+                       + (f"x{e['jump']:.1f}" if "jump" in e else "unmeasured (layer 0)")
+                       + (f"; plateau {e['plateau_share']:.0%} of layers {e['layer']}..{L - 2} within "
+                          f"x{p.plateau_band:g} of {e['plateau_level']:.1f}; last layer x{e['drop']:.2f} of plateau"
+                          if "plateau_share" in e else "; no plateau after it")
+                       + f"; all >=x{p.jump:g} jumps into layers {e['jumps_over_threshold']}")
+        return Outcome(holds=not failed, primary="jump", summary=summary, values=values,
+                       reason=f"fails: {', '.join(failed)}" if failed else "")
 
     prof, e = measure(None)
     top1 = prof["top1"].tolist()
-    return Measurement(decide, n=r.n, unit="x", bound={"op": ">=", "value": p.jump, "abs": False}, details=e,
+    refs, spans = [], []
+    if e.get("plateau_level") is not None:
+        refs = [fig.Ref(e["plateau_level"], "plateau level"),
+                fig.Ref(e["plateau_level"] * p.drop_max, f"drop bound x{p.drop_max:g}")]
+        spans = [fig.Span(e["layer"], L - 2, "plateau")]
+    where = (f"emergence layer {e['layer']} (the first massive one), jump x{e['jump']:.1f} into it (needs "
+             f"x{p.jump:g})" if e.get("jump") is not None else
+             "no massive layer" if e["layer"] is None else f"emergence layer {e['layer']}, no layer before it")
+    return Measurement(decide, n=r.n, unit="x", bound={"op": ">=", "value": p.jump, "abs": False},
+                       conditions=conditions, details=e,
                        figures=[fig.Lines(
                            title=f"{ctx.lm.name}: top-1 |activation| per layer", x=list(range(len(top1))),
-                           series={"top-1": top1}, y_label="|activation|", log_y=True,
-                           refs=[fig.Ref(e["plateau_level"], "plateau level"),
-                                 fig.Ref(e["plateau_level"] * p.drop_max, f"drop bound x{p.drop_max:g}")],
-                           spans=[fig.Span(e["layer"], len(top1) - 2, "plateau")],
-                           caption=f"jump x{e['jump']:.1f} into layer {e['layer']} (needs x{p.jump:g}); plateau "
-                                   f"within x{p.plateau_band:g} of its median; last layer x{e['drop']:.2f}")])
+                           series={"top-1": top1}, y_label="|activation|", log_y=True, refs=refs, spans=spans,
+                           caption=f"{where}; plateau within x{p.plateau_band:g} of its median; last layer at most "
+                                   f"x{p.drop_max:g} of it")])
 
 
 DIMS = PROFILE | want("block.*", "feature_max")
@@ -186,6 +205,7 @@ def fixed_dims(ctx: Context, p: FixedDimsParams) -> Measurement:
 
     layers, counts, pairs = _dims(r, ctx.lm.n_layers, p)
     return Measurement(decide, n=r.n, unit="%", bound={"op": ">=", "value": p.min_share, "abs": False},
+                       conditions=[Condition("n_dims", "<=", p.max_dims), Condition("top_share", ">=", p.min_share)],
                        details={"dims": dict(counts), "pairs": pairs, "layers": layers},
                        figures=[_dims_figure(ctx, counts, pairs, f"the claim needs <= {p.max_dims} dims, the top "
                                                                  f"one in >= {p.min_share:.0%}")] if pairs else [])
@@ -213,4 +233,5 @@ def documented_dims(ctx: Context, p: DocumentedDimsParams) -> Measurement:
                        reason=f"dims {absent} hold no massive activation" if absent else "")
 
     _, counts, pairs = _dims(r, ctx.lm.n_layers, p)
-    return Measurement(decide, n=r.n, unit="%", details={"dims": dict(counts), "pairs": pairs})
+    return Measurement(decide, n=r.n, unit="%", conditions=[Condition(f"dim.{d}.share", ">", 0.0) for d in p.dims],
+                       details={"dims": dict(counts), "pairs": pairs})

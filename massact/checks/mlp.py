@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, TOP_FEATURE, AtLayer, ClaimInvalid, Context, Measurement, Outcome, check,
-                                 emergence_layer, fixed, massive_dim)
+from massact.checks.base import (PROFILE, TOP_ENTRIES, TOP_FEATURE, AtLayer, ClaimInvalid, Condition, Context,
+                                 Measurement, Outcome, check, check_layer, emergence_layer, emergence_of, fixed,
+                                 massive_dim, profile)
 from massact.engine import PassResult
+from massact.metrics import activations as act
 from massact.metrics import outliers as out
 from massact.requests import want
 
@@ -23,10 +26,24 @@ def ckpt_max(r: PassResult, layer: int, role: str) -> float:
 
 
 def _pair(ctx: Context, p: AtLayer, a: str, b: str):
-    """(layer, the pass, decide-ready function giving the mean max at checkpoints a and b on idx)."""
-    layer = emergence_layer(ctx, p)
-    r = ctx.run(MLP_TOP)
-    return layer, r, lambda idx: (ckpt_max(r.select(idx), layer, a), ckpt_max(r.select(idx), layer, b))
+    """(the pass, a decide-ready function giving (layer, mean max at checkpoint a, at b) on idx).
+
+    The layer is ``p.layer``, else the emergence layer of the samples idx: found again in each
+    resample, since every layer's checkpoint maxima are in the pass."""
+    r, prof_r = ctx.run(MLP_TOP), ctx.run(PROFILE)
+
+    def layer_of(idx):
+        if p.layer is not None:
+            return check_layer(ctx, p.layer)
+        return emergence_of(profile(prof_r.select(idx), ctx.lm.n_layers), p, ctx.lm.name)
+
+    layer_of(None)  # ClaimInvalid now, when the model has no massive layer
+
+    def maxima(idx):
+        layer = layer_of(idx)
+        return layer, ckpt_max(r.select(idx), layer, a), ckpt_max(r.select(idx), layer, b)
+
+    return r, maxima
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,10 +53,10 @@ class ActParams(AtLayer):
 
 @check(ActParams, needs=[PROFILE, MLP_TOP])
 def mlp_act_preserves_max(ctx: Context, p: ActParams) -> Measurement:
-    layer, r, maxima = _pair(ctx, p, "pre_act", "act")
+    r, maxima = _pair(ctx, p, "pre_act", "act")
 
     def decide(idx):
-        pre, post = maxima(idx)
+        layer, pre, post = maxima(idx)
         diff = abs(post - pre) / pre
         return Outcome(holds=diff < p.max_rel_diff, primary="rel_diff",
                        summary=f"layer {layer}: max |pre-activation| {pre:.2f}, max |activation| {post:.2f} "
@@ -47,7 +64,7 @@ def mlp_act_preserves_max(ctx: Context, p: ActParams) -> Measurement:
                        values={"layer": layer, "pre_act": pre, "act": post, "rel_diff": diff})
 
     return Measurement(decide, n=r.n, unit="%", bound={"op": "<", "value": p.max_rel_diff, "abs": False},
-                       selections={"layer": layer})
+                       details={"layer": "as named" if p.layer is not None else "the emergence layer of each resample"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,17 +74,17 @@ class AmplifyParams(AtLayer):
 
 @check(AmplifyParams, needs=[PROFILE, MLP_TOP])
 def mlp_down_amplifies(ctx: Context, p: AmplifyParams) -> Measurement:
-    layer, r, maxima = _pair(ctx, p, "down_in", "output")
+    r, maxima = _pair(ctx, p, "down_in", "output")
 
     def decide(idx):
-        x, y = maxima(idx)
-        return Outcome(holds=y >= p.min_factor * x, primary="factor",
+        layer, x, y = maxima(idx)
+        return Outcome(holds=y / x >= p.min_factor, primary="factor",
                        summary=f"layer {layer}: down projection max |in| {x:.2f} -> max |out| {y:.2f} (x{y / x:.1f})",
                        values={"layer": layer, "down_in": x, "output": y, "factor": y / x})
 
-    x, y = maxima(None)
+    layer, x, y = maxima(None)
     return Measurement(decide, n=r.n, unit="x", bound={"op": ">=", "value": p.min_factor, "abs": False},
-                       selections={"layer": layer},
+                       details={"layer": "as named" if p.layer is not None else "the emergence layer of each resample"},
                        figures=[fig.Bars(title=f"{ctx.lm.name}: the down projection at layer {layer}",
                                          categories=["max |input|", "max |output|"], series={"mean max": [x, y]},
                                          log_y=True, refs=[fig.Ref(p.min_factor * x, f"{p.min_factor:g}x the input")],
@@ -128,6 +145,7 @@ def mlp_checkpoints(ctx: Context, p: CheckpointParams) -> Measurement:
     cps = flow(None)
     return Measurement(
         decide, n=tops.n, unit="x", bound={"op": ">=", "value": p.min_factor, "abs": False},
+        conditions=[Condition("max_factor", ">=", p.min_factor), Condition("concentration", ">=", p.min_concentration)],
         selections={"layer": layer}, details={"layer": layer, "checkpoints": cps},
         figures=[fig.Bars(title=f"{ctx.lm.name}: MLP checkpoints at layer {layer}", categories=list(roles),
                           series={s: [cps[r][s] for r in roles] for s in ("max", "median")},
@@ -192,3 +210,70 @@ def mlp_top_contributors(ctx: Context, p: ContributorParams) -> Measurement:
         unit="%", bound={"op": ">=", "value": p.min_share, "abs": False}, selections={"layer": layer, "dim": dim},
         details={"layer": layer, "dim": dim, "method": p.method, "read": what,
                  "top": [[u, float(row[u])] for u in top]})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContributionParams(AtLayer):
+    top_k: int
+    min_share: float
+
+
+def massive_at(r: PassResult, layer: int, dim: int, p: AtLayer) -> list[tuple[int, int, float]]:
+    """(sample, token, signed value) of every massive entry at ``dim`` among block ``layer``'s per-sample top-3."""
+    vals, toks, feats = (r.stat(f"block.{layer}", k) for k in ("top_value", "top_token", "top_feature"))
+    med = r.stat(f"block.{layer}", "median")
+    hit = act.massive_mask(vals.abs(), med[:, None], min_abs=p.min_abs, min_ratio=p.min_ratio) & (feats == dim)
+    return [(i, int(toks[i, j]), float(vals[i, j])) for i, j in hit.nonzero().tolist()]
+
+
+@check(ContributionParams, needs=[PROFILE, TOP_FEATURE, TOP_ENTRIES])
+def mlp_top_contributions(ctx: Context, p: ContributionParams) -> Measurement:
+    """At the massive tokens, the share of the massive value a that the top_k intermediate units write.
+
+    Unit j writes W[dim, j] h_j into the massive dim (W (out, in), h the down projection's input at
+    that token); the top_k units by |W[dim, j] h_j| write sum_j W[dim, j] h_j / a of it. Averaged over
+    the massive entries at the dim (a sample may hold several, or none).
+    """
+    layer = emergence_layer(ctx, p)
+    dim = massive_dim(ctx, layer, p)
+    entries = massive_at(ctx.run(TOP_ENTRIES), layer, dim, p)
+    if not entries:
+        raise ClaimInvalid(f"no massive entry at layer {layer}, dim {dim}: nothing written to attribute")
+    # the pass the SVD claims keep (down projection input and output at the layer): one pass serves both
+    r = ctx.run(want(f"mlp.{layer}.down_in", "full") | want(f"mlp.{layer}.output", "full"))
+    h, y = r.stat(f"mlp.{layer}.down_in", "full"), r.stat(f"mlp.{layer}.output", "full")
+    w = ctx.lm.adapter.down_weight(ctx.lm.model, layer)[dim].double()  # (I,): the weights into the dim
+    contrib = torch.stack([w * h[i, t].double() for i, t, _ in entries])  # (E, I)
+    top = contrib.abs().topk(min(p.top_k, contrib.shape[1]), dim=1).indices  # (E, k)
+    a = torch.tensor([v for _, _, v in entries], dtype=torch.float64)
+    share = contrib.gather(1, top).sum(1) / a  # (E,)
+    mlp_share = torch.tensor([float(y[i, t, dim]) for i, t, _ in entries], dtype=torch.float64) / a
+    sample = torch.tensor([i for i, _, _ in entries])
+
+    def decide(idx):
+        # each entry counted once per time its sample is drawn
+        pick = torch.cat([(sample == int(i)).nonzero().flatten() for i in (range(r.n) if idx is None else idx)])
+        if not len(pick):
+            raise ClaimInvalid(f"no massive entry at layer {layer}, dim {dim} in these samples")
+        s, m = float(share[pick].mean()), float(mlp_share[pick].mean())
+        return Outcome(
+            holds=s >= p.min_share, primary="share",
+            summary=f"layer {layer}, dim {dim}, {len(pick)} massive entries: the top-{p.top_k} units by "
+                    f"|W[dim, j] h_j| write {s:.1%} of the massive value; the whole MLP writes {m:.1%} of it",
+            values={"share": s, "mlp_share": m, "entries": len(pick), "layer": layer, "dim": dim},
+            reason="" if s >= p.min_share else f"the top-{p.top_k} units write {s:.1%} < {p.min_share:.0%}")
+
+    units = Counter(u for row in top.tolist() for u in row)
+    mean_c = contrib.mean(0)
+    return Measurement(
+        decide, n=r.n, unit="%", bound={"op": ">=", "value": p.min_share, "abs": False},
+        selections={"layer": layer, "dim": dim, "massive entries": [[i, t] for i, t, _ in entries]},
+        details={"layer": layer, "dim": dim, "top_units": {u: {"times_in_top": c, "mean_contribution": float(mean_c[u])}
+                                                           for u, c in units.most_common(2 * p.top_k)},
+                 "per_entry_share": share.tolist(), "per_entry_mlp_share": mlp_share.tolist()},
+        figures=[fig.Bars(title=f"{ctx.lm.name}: what the units write into dim {dim} at the massive tokens "
+                                f"(layer {layer})", categories=[str(u) for u, _ in units.most_common(p.top_k)],
+                          series={"mean W[dim, j] h_j": [float(mean_c[u]) for u, _ in units.most_common(p.top_k)]},
+                          x_label="intermediate unit", y_label="contribution",
+                          caption=f"mean over {len(entries)} massive entries of each unit's contribution; the claim "
+                                  f"needs the top-{p.top_k} to write >= {p.min_share:.0%} of the massive value")])

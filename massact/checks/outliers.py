@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from massact import figures as fig
-from massact.checks.base import ClaimInvalid, Context, Measurement, Outcome, Params, check, check_layer, fixed
+from massact.capture import ENERGY_FRACS
+from massact.checks.base import (PROFILE, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params, check,
+                                 check_layer, fixed, massive_layers, massive_spans, profile, ranges)
 from massact.metrics import outliers as out
 from massact.requests import want
 
@@ -113,8 +115,7 @@ class EnergyParams(Params):
 
 
 def _energy_needs(p: EnergyParams):
-    # both roles kept in one pass, so the general form and the documented-method variant share it
-    return [want(f"mlp.{p.layer}.input", "full") | want(f"mlp.{p.layer}.pre_act", "full")]
+    return [want(f"mlp.{p.layer}.{p.role}", "full")]
 
 
 @check(EnergyParams, needs=_energy_needs)
@@ -140,6 +141,69 @@ def energy_concentration(ctx: Context, p: EnergyParams) -> Measurement:
 
     return Measurement(decide, n=len(full), unit="%", bound={"op": ">", "value": p.min_share, "abs": False},
                        details={"per_sample": share_all.tolist()})
+
+
+ENERGY = PROFILE | want("block.*", "energy_share") | want("mlp.*.input", "energy_share") \
+    | want("mlp.*.pre_act", "energy_share")
+PLACES = {"block": "block output", "mlp_input": "MLP input", "pre_act": "MLP pre-activation"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnergyProfileParams(MassiveDef):
+    frac: Literal[0.0005, 0.001]  # one of capture.ENERGY_FRACS
+    min_share: float
+
+
+@check(EnergyProfileParams, needs=[ENERGY])
+def energy_profile(ctx: Context, p: EnergyProfileParams) -> Measurement:
+    """Per layer, the share of the energy (sum a^2) the top ``frac`` of entries carry, at block outputs,
+    MLP inputs and MLP pre-activations; the claim is decided on the block outputs of the massive layers
+    (found again in each resample): the smallest share there must exceed ``min_share``."""
+    r = ctx.run(ENERGY)
+    L, j = ctx.lm.n_layers, ENERGY_FRACS.index(p.frac)
+    points = {"block": "block.{}", "mlp_input": "mlp.{}.input", "pre_act": "mlp.{}.pre_act"}
+    per = {k: torch.stack([r.stat(pt.format(l), "energy_share")[:, j] for l in range(L)], dim=1)  # (N, L)
+           for k, pt in points.items()}
+
+    def measure(idx):
+        prof = {k: (v if idx is None else v[idx]).mean(0) for k, v in per.items()}  # (L,) each
+        return prof, massive_layers(profile(r.select(idx), L), p)
+
+    prof, layers = measure(None)
+    if not layers:
+        peak = int(prof["block"].argmax())
+        raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations, the layers the claim is decided at; "
+                           f"the top {p.frac:.2%} of block-output entries carry at most "
+                           f"{float(prof['block'][peak]):.1%} of the energy (layer {peak}), "
+                           f"{float(prof['block'].min()):.1%} at the least")
+
+    def decide(idx):
+        prof, layers = measure(idx)
+        if not layers:
+            raise ClaimInvalid("no massive layer in this resample")
+        worst = min(layers, key=lambda l: float(prof["block"][l]))
+        least = float(prof["block"][worst])
+        above = int((prof["block"] > p.min_share).sum())
+        return Outcome(
+            holds=least > p.min_share, primary="least_share",
+            summary=f"top {p.frac:.2%} of entries: block outputs of the massive layers {ranges(layers)} carry "
+                    f"{least:.1%} of the energy at the least (layer {worst}); {above} of {L} layers above "
+                    f"{p.min_share:.0%}; layer 0: block {float(prof['block'][0]):.1%}, MLP input "
+                    f"{float(prof['mlp_input'][0]):.1%}, pre-activation {float(prof['pre_act'][0]):.1%}",
+            values={"least_share": least, "least_layer": worst, "layers_above": above,
+                    **{f"{k}.{l}": float(v[l]) for k, v in prof.items() for l in range(L)}},
+            reason="" if least > p.min_share else f"layer {worst}: {least:.1%} <= {p.min_share:.0%}")
+
+    return Measurement(
+        decide, n=r.n, unit="%", bound={"op": ">", "value": p.min_share, "abs": False},
+        details={"massive_layers": layers, **{k: v.tolist() for k, v in prof.items()}},
+        figures=[fig.Lines(title=f"{ctx.lm.name}: energy share of the top {p.frac:.2%} of entries per layer",
+                           x=list(range(L)), series={PLACES[k]: v.tolist() for k, v in prof.items()},
+                           y_label="share of sum a^2", unit="%", refs=[fig.Ref(p.min_share, "claim")],
+                           spans=massive_spans(layers),
+                           caption=f"mean over {r.n} samples of each sample's share of the sum of squares carried "
+                                   f"by its top {p.frac:.2%} entries by |a|; shaded: the massive layers, where the "
+                                   "claim is decided")])
 
 
 @dataclass(frozen=True, kw_only=True)

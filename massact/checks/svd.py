@@ -13,12 +13,13 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, TOP_FEATURE, AtLayer, Context, Measurement, Outcome, check,
+from massact.checks.base import (PROFILE, TOP_FEATURE, AtLayer, Condition, Context, Measurement, Outcome, check,
                                  emergence_layer, fixed, massive_dim)
 from massact.metrics import svd
 from massact.requests import want
 
 N_DIRECTIONS = 5  # v1..v5: v2..v5 are the other-singular-direction controls
+TOKEN_SETS = {"all": "all_tokens", "robust": "without_high_leverage"}  # the two token sets S2's controls run on
 
 
 def down_singular(ctx: Context, layer: int, *, k: int = N_DIRECTIONS) -> svd.Singular:
@@ -102,66 +103,80 @@ class ProjectionParams(AtLayer):
     margin: float
     n_random: int
     leverage_frac: float
+    slope_tol: float  # the slope must lie within this fraction of sigma1
 
 
 @check(ProjectionParams, needs=[PROFILE, TOP_FEATURE])
 def svd_projection_r2(ctx: Context, p: ProjectionParams) -> Measurement:
+    """R^2 of the massive dim's output on h . v1, on all tokens and without the highest-leverage
+    ones, each against v2..v5 and random directions on the same tokens; and the slope against sigma1."""
     d = projection(ctx, p)
     N, T = d.out.shape
     y_all = d.out.abs() if p.method == "documented" else d.out
     rand_all = (d.h_rows @ svd.random_unit_directions(d.h_rows.shape[1], p.n_random, seed=0)).reshape(N, T, -1)
     sigma1, u1 = float(d.sing.values[0]), float(d.sing.left[d.dim, 0])
+    conditions = [Condition("r2", ">", p.min_r2), Condition("r2_robust", ">", p.min_r2),
+                  Condition("slope_over_sigma1", ">=", 1 - p.slope_tol),
+                  Condition("slope_over_sigma1", "<=", 1 + p.slope_tol)]
 
     def measure(idx):
-        xs, y = _rows(d.xs, idx), _rows(y_all, idx)
-        robust, dropped = svd.drop_high_leverage(xs[:, 0], y, frac=p.leverage_frac)
-        return (xs, y, svd.r2_many(xs, y), svd.r2_many(_rows(rand_all, idx), y), svd.linear_fit(xs[:, 0], y),
-                robust, dropped)
+        xs, y, rand = _rows(d.xs, idx), _rows(y_all, idx), _rows(rand_all, idx)
+        keep = svd.low_leverage(xs[:, 0], frac=p.leverage_frac)
+        sets = {"all": (xs, y, rand), "robust": (xs[keep], y[keep], rand[keep])}
+        r2 = {k: (svd.r2_many(a, b), svd.r2_many(c, b)) for k, (a, b, c) in sets.items()}
+        fits = {k: svd.linear_fit(a[:, 0], b) for k, (a, b, _) in sets.items()}
+        return xs, y, keep, r2, fits
 
     def decide(idx):
-        _, _, r2, rand, fit, robust, dropped = measure(idx)
-        others = float(r2[1:].max()) if len(r2) > 1 else float("nan")
-        rand_max = float(rand.max())
-        collapsed = robust.r2 <= p.min_r2
-        holds = fit.r2 > p.min_r2 and not collapsed
-        reason = ""
-        if fit.r2 <= p.min_r2:
-            reason = f"R^2 {fit.r2:.4f} <= {p.min_r2:g}"
-        elif collapsed:
-            reason = (f"R^2 {fit.r2:.4f} rests on {dropped} high-leverage tokens: without them it is "
-                      f"{robust.r2:.4f} <= {p.min_r2:g}")
-        k = len(r2)
+        xs, _, keep, r2, fits = measure(idx)
+        fit, robust = fits["all"], fits["robust"]
+        k = r2["all"][0].shape[0]
+        v = {"r2_min": min(fit.r2, robust.r2), "r2": fit.r2, "r2_robust": robust.r2, "slope": fit.slope,
+             "intercept": fit.intercept, "slope_robust": robust.slope, "sigma1": sigma1,
+             "slope_over_sigma1": fit.slope / sigma1, "u1_dim": u1, "layer": d.layer, "dim": d.dim,
+             "n_tokens": fit.n, "dropped": fit.n - robust.n}
+        controls, parts = {}, []
+        for name, tokens in (("all", "all tokens"), ("robust", f"without the {v['dropped']} highest-leverage tokens")):
+            sing, rand = r2[name]
+            suffix = "" if name == "all" else "_robust"
+            other, rand_max = float(sing[1:].max()), float(rand.max())
+            v[f"r2_other_max{suffix}"], v[f"r2_random_max{suffix}"] = other, rand_max
+            # True: the control scores within ``margin`` of v1 on the same tokens, so v1 is not what explains y
+            on = {f"other_singular_directions.{TOKEN_SETS[name]}": other >= float(sing[0]) - p.margin,
+                  f"random_directions.{TOKEN_SETS[name]}": rand_max >= float(sing[0]) - p.margin}
+            controls |= on
+            parts.append(f"{tokens}: R^2 on v1 {float(sing[0]):.4f}, v2..v{k} max {other:.4f}, {p.n_random} random "
+                         f"directions max {rand_max:.4f}: {'non-specific' if any(on.values()) else 'specific to v1'}")
+        failed = [c.describe() for c in conditions if not c.holds(v)]
         return Outcome(
-            holds=holds, primary="r2_min",
-            summary=f"layer {d.layer} dim {d.dim} ({p.method} method, {fit.n} tokens): R^2 on v1 {fit.r2:.4f}, "
-                    f"y = {fit.slope:.2f} x + {fit.intercept:.2f} (sigma1 {sigma1:.2f}, u1[dim] {u1:.2f}); "
-                    f"{robust.r2:.4f} without the {dropped} highest-leverage tokens; "
-                    f"v2..v{k} max {others:.4f}; {p.n_random} random directions max {rand_max:.4f}",
-            # r2_min: the threshold applies to both fits, so to the smaller
-            values={"r2_min": min(fit.r2, robust.r2), "r2": fit.r2, "r2_robust": robust.r2, "slope": fit.slope,
-                    "intercept": fit.intercept, "sigma1": sigma1, "slope_over_sigma1": fit.slope / sigma1,
-                    "u1_dim": u1, "r2_other_max": others, "r2_random_max": rand_max, "layer": d.layer, "dim": d.dim,
-                    "n_tokens": fit.n},
-            # True: the control scores within ``margin`` of v1, so v1 is not what explains y
-            controls={"other_singular_directions": others >= fit.r2 - p.margin,
-                      "random_directions": rand_max >= fit.r2 - p.margin},
-            reason=reason)
+            holds=not failed, primary="r2_min",
+            summary=f"layer {d.layer} dim {d.dim} ({p.method} method, {fit.n} tokens): " + "; ".join(parts)
+                    + f"; y = {fit.slope:.2f} x + {fit.intercept:.2f}: slope {v['slope_over_sigma1']:.2f} x sigma1 "
+                      f"({sigma1:.2f}; u1[dim] {u1:.2f})",
+            values=v, controls=controls, reason=f"fails: {', '.join(failed)}" if failed else "")
 
-    xs, y, r2, rand, fit, robust, dropped = measure(None)
-    k = len(r2)
-    sc = svd.scatter_sample(xs[:, 0], y)
+    xs, y, keep, r2, fits = measure(None)
+    fit, robust = fits["all"], fits["robust"]
+    k = r2["all"][0].shape[0]
+    sc, sc_kept = svd.scatter_sample(xs[:, 0], y), svd.scatter_sample(xs[keep, 0], y[keep])
+    dropped = fit.n - robust.n
+    note = lambda s: (f"v2..v{k} max R^2 {float(r2[s][0][1:].max()):.4f}; "  # noqa: E731
+                      f"random max {float(r2[s][1].max()):.4f}")
     return Measurement(
-        decide, n=N, bound={"op": ">", "value": p.min_r2, "abs": False},
+        decide, n=N, bound={"op": ">", "value": p.min_r2, "abs": False}, conditions=conditions,
         selections={"layer": d.layer, "dim": d.dim},
-        details={"r2": {**{f"v{i + 1}": float(r2[i]) for i in range(k)}, "random_max": float(rand.max()),
-                        "random": [round(float(v), 6) for v in rand], "v1_without_high_leverage": robust.r2},
+        details={"r2": {**{f"v{i + 1}": float(r2["all"][0][i]) for i in range(k)},
+                        "random_max": float(r2["all"][1].max()), "random": [round(float(x), 6) for x in r2["all"][1]]},
+                 "r2_without_high_leverage": {**{f"v{i + 1}": float(r2["robust"][0][i]) for i in range(k)},
+                                              "random_max": float(r2["robust"][1].max())},
                  "slope": fit.slope, "intercept": fit.intercept, "sigma1": sigma1, "u1_dim": u1,
                  "dropped": dropped, "layer": d.layer, "dim": d.dim, "method": p.method},
         figures=[fig.Scatter(
             title=f"{ctx.lm.name}: projection on v1 against the output at dim {d.dim} (layer {d.layer})",
             panels=[fig.ScatterPanel("all tokens", sc["x"], sc["y"], fig.Fit(fit.slope, fit.intercept, fit.r2),
-                                     note=f"v2..v{k} max R^2 {float(r2[1:].max()):.4f}; random max "
-                                          f"{float(rand.max()):.4f}")],
+                                     note=note("all")),
+                    fig.ScatterPanel(f"without the {dropped} highest-leverage tokens", sc_kept["x"], sc_kept["y"],
+                                     fig.Fit(robust.slope, robust.intercept, robust.r2), note=note("robust"))],
             x_label="h . v1", y_label=f"{'|y|' if p.method == 'documented' else 'y'} at dim {d.dim}",
-            caption=f"{fit.n} tokens ({len(sc['x'])} drawn, the high-leverage ones included); without the {dropped} "
-                    f"highest-leverage tokens R^2 is {robust.r2:.4f}")])
+            caption=f"{fit.n} tokens ({len(sc['x'])} drawn, the high-leverage ones included); the claim needs R^2 "
+                    f"> {p.min_r2:g} on both panels and a slope within {p.slope_tol:.0%} of sigma1 {sigma1:.2f}")])

@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, TOP_FEATURE, AtLayer, ClaimInvalid, Context, MassiveDef, Measurement, Outcome,
-                                 check, massive_layers, profile)
+from massact.checks.base import (PROFILE, TOP_FEATURE, AtLayer, ClaimInvalid, Condition, Context, MassiveDef,
+                                 Measurement, Outcome, check, massive_layers, profile, ranges)
 from massact.checks.svd import projection
 from massact.metrics import activations as act
 from massact.metrics import svd, words
@@ -125,8 +125,9 @@ def svd_function_words_align(ctx: Context, p: AlignsParams) -> Measurement:
                                                f"d {v['d']:.3f}, ratio {v['mean_ratio']:.2f}")
 
     det, figure = details()
-    return Measurement(decide, n=n, bound={"op": ">=", "value": p.min_d, "abs": False}, selections={"layer": layer},
-                       details=det, figures=[figure])
+    return Measurement(decide, n=n, bound={"op": ">=", "value": p.min_d, "abs": False},
+                       conditions=[Condition("d", ">=", p.min_d), Condition("mean_ratio", ">=", p.min_mean_ratio)],
+                       selections={"layer": layer}, details=det, figures=[figure])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,10 +160,17 @@ class TokensParams(MassiveDef):
 
 @check(TokensParams, needs=[TOKENS])
 def massive_tokens(ctx: Context, p: TokensParams) -> Measurement:
+    """The claim's two halves, judged apart: the first token carries a massive activation (in >=
+    min_share of the (sample, massive layer) pairs); and the massive positions other than the first
+    sit on function words / delimiters (>= min_share of them, above the corpus's base rate of those
+    tokens). With no massive position but the first, the second half has nothing to stand on: it fails."""
     r_all = ctx.run(TOKENS)
     if not massive_layers(profile(r_all, ctx.lm.n_layers), p):
         raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations: no token to locate")
     codes_all, texts_all = token_classes(ctx, r_all.input_ids)
+    fd_all = (codes_all == CODE["function"]) | (codes_all == CODE["delimiter"])  # (N, T)
+    conditions = [Condition("pos0_pair_share", ">=", p.min_share), Condition("fd_share_rest", ">=", p.min_share),
+                  Condition("fd_enrichment", ">", 1.0)]
 
     def measure(idx):
         r = r_all.select(idx)
@@ -176,34 +184,37 @@ def massive_tokens(ctx: Context, p: TokensParams) -> Measurement:
             m = act.massive_mask(tm, med[:, None], min_abs=p.min_abs, min_ratio=p.min_ratio)
             hit |= m
             pos0_pairs += int(m[:, 0].sum())
-        n = int(hit.sum())
-        if n == 0:
-            raise ClaimInvalid(f"layers {layers} are massive on average but no single token reaches the threshold")
-        codes = codes_all if idx is None else codes_all[idx]
+        codes, fd = (codes_all, fd_all) if idx is None else (codes_all[idx], fd_all[idx])
         rest = hit.clone()
         rest[:, 0] = False
-        fd = rest & ((codes == CODE["function"]) | (codes == CODE["delimiter"]))
-        return layers, hit, pos0_pairs, n, codes, rest, fd
+        return layers, hit, pos0_pairs, codes, fd, rest
 
     def decide(idx):
-        layers, hit, pos0_pairs, n, codes, rest, fd = measure(idx)
-        at0, n_rest = n - int(rest.sum()), int(rest.sum())
-        explained = (at0 + int(fd.sum())) / n
-        holds = explained >= p.min_share
+        layers, hit, pos0_pairs, codes, fd, rest = measure(idx)
+        n_rest, fd_rest = int(rest.sum()), int((rest & fd).sum())
+        base = float(fd[:, 1:].double().mean())  # function words / delimiters among positions >= 1
+        values = {"pos0_pair_share": pos0_pairs / (len(layers) * len(hit)), "n_positions": int(hit.sum()),
+                  "n_rest": n_rest, "fd_base_rate": base}
+        if n_rest:  # absent when no position but the first is massive: that half cannot pass
+            values["fd_share_rest"] = fd_rest / n_rest
+            values["fd_enrichment"] = values["fd_share_rest"] / base if base else float("inf")
+        failed = [c.describe() for c in conditions if not c.holds(values)]
         by_class = {k: int((rest & (codes == i)).sum()) for k, i in CODE.items()}
-        return Outcome(
-            holds=holds, primary="explained",
-            summary=f"{n} massive token positions over layers {layers[0]}-{layers[-1]}: {at0} at position 0; of the "
-                    f"other {n_rest}: {by_class}; on position 0 or a function word/delimiter: {explained:.0%}",
-            values={"explained": explained, "n_positions": n, "share_pos0": at0 / n,
-                    "pos0_pair_share": pos0_pairs / (len(layers) * len(hit)),
-                    # among the positions other than 0 (absent when there are none)
-                    **({"share_function_rest": int(fd.sum()) / n_rest} if n_rest else {})},
-            reason="" if holds else f"{1 - explained:.0%} of massive positions are neither position 0 nor a function "
-                                    f"word/delimiter (needs >= {p.min_share:.0%})")
+        first = (f"first token massive in {values['pos0_pair_share']:.0%} of {len(layers) * len(hit)} (sample, "
+                 f"massive layer) pairs (layers {ranges(layers)})")
+        if n_rest:
+            words_half = (f"{n_rest} massive positions besides the first: {by_class}; on a function word/delimiter "
+                          f"{values['fd_share_rest']:.0%} against a base rate of {base:.0%} "
+                          f"(x{values['fd_enrichment']:.2f})")
+        else:
+            words_half = (f"no massive position besides the first: none of the {int(fd[:, 1:].sum())} function "
+                          f"words/delimiters carries one, so the function-word half is not borne out")
+        return Outcome(holds=not failed, primary="fd_share_rest", summary=f"{first}; {words_half}",
+                       values=values, reason=f"fails: {', '.join(failed)}" if failed else "")
 
-    layers, hit, _, _, codes, rest, fd = measure(None)
+    layers, hit, _, codes, fd, rest = measure(None)
     return Measurement(decide, n=r_all.n, unit="%", bound={"op": ">=", "value": p.min_share, "abs": False},
+                       conditions=conditions,
                        details={"layers": layers, "rest_by_class": {k: int((rest & (codes == i)).sum())
                                                                     for k, i in CODE.items()},
                                 "top_rest": _top(texts_all, rest), "top_rest_unexplained": _top(texts_all, rest & ~fd)})

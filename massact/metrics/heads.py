@@ -4,6 +4,8 @@ Per-sample head statistics come as (N, L, H): samples, layers, query heads.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 
@@ -24,6 +26,21 @@ def random_heads(L: int, H: int, k: int, *, seed: int, exclude: list[tuple[int, 
     g = torch.Generator().manual_seed(seed)
     pool = [(i // H, i % H) for i in torch.randperm(L * H, generator=g).tolist()]
     return [p for p in pool if p not in set(exclude)][:k]
+
+
+def layer_matched_heads(heads: list[tuple[int, int]], H: int, *, seed: int,
+                        exclude: list[tuple[int, int]] = ()) -> list[tuple[int, int]] | None:
+    """As many distinct heads as ``heads``, each drawn (with ``seed``) from the layer of one of them,
+    none of them in ``exclude``: a random control that differs from ``heads`` only in the head.
+    None when a layer has too few heads outside ``exclude``."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[tuple[int, int]] = []
+    for layer, count in sorted(Counter(l for l, _ in heads).items()):
+        pool = [(layer, h) for h in torch.randperm(H, generator=g).tolist() if (layer, h) not in set(exclude)]
+        if len(pool) < count:
+            return None
+        out += pool[:count]
+    return out
 
 
 def split_half_agreement(per_sample: torch.Tensor, k: int) -> float:

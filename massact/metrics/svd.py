@@ -81,20 +81,23 @@ def leverage(x: torch.Tensor) -> torch.Tensor:
     return torch.full_like(x, 1 / len(x)) + (d * d / sxx if sxx > 0 else 0.0)
 
 
-def drop_high_leverage(x: torch.Tensor, y: torch.Tensor, *, frac: float) -> tuple[Fit, int]:
-    """The fit after dropping the ceil(frac * M) highest-leverage points, and how many were dropped.
+def low_leverage(x: torch.Tensor, *, frac: float) -> torch.Tensor:
+    """Indices of the points left after dropping the ceil(frac * M) highest-leverage ones of x (M,).
 
     A few huge tokens can make any direction that touches them score R^2 ~ 1; a relation that is
     real holds on the rest of the tokens too.
     """
     if not 0 <= frac < 1:
         raise ValueError(f"frac must be in [0, 1), not {frac}")
+    x = x.double().flatten()
+    return leverage(x).argsort(descending=True)[math.ceil(frac * len(x)):].sort().values
+
+
+def drop_high_leverage(x: torch.Tensor, y: torch.Tensor, *, frac: float) -> tuple[Fit, int]:
+    """The fit after dropping the ceil(frac * M) highest-leverage points, and how many were dropped."""
+    keep = low_leverage(x, frac=frac)
     x, y = x.double().flatten(), y.double().flatten()
-    k = math.ceil(frac * len(x))
-    if k == 0:
-        return linear_fit(x, y), 0
-    keep = leverage(x).argsort(descending=True)[k:]
-    return linear_fit(x[keep], y[keep]), k
+    return linear_fit(x[keep], y[keep]), len(x) - len(keep)
 
 
 def random_unit_directions(dim: int, count: int, *, seed: int = 0) -> torch.Tensor:
