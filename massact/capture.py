@@ -318,10 +318,10 @@ def capture(
             absa = masked_abs(t, mask)
             token_max = absa.amax(dim=2)  # (B, T): shared by the reducers, and inf or nan where any entry is
             if not torch.isfinite(token_max).all():
-                raise ActivationOverflow(
-                    f"activations at {p.name} reached inf/nan in {t.dtype}; massive activations can "
-                    "pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
-                )
+                hint = ("massive activations can pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
+                        if t.dtype == torch.float16 else
+                        "that is beyond this dtype's range, not a massive activation: check the model's weights")
+                raise ActivationOverflow(f"activations at {p.name} reached inf/nan in {t.dtype}; {hint}")
             for r in reducers[p.name]:
                 r.update(t, mask, absa, token_max)
 

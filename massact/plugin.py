@@ -452,9 +452,15 @@ def _provenance(config) -> dict:
         except PackageNotFoundError:
             versions[pkg] = None
     return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": shlex.join([Path(sys.argv[0]).name, *config.invocation_params.args]),
+            "command": shlex.join([*_launcher(sys.argv[0]), *config.invocation_params.args]),
             "git_commit": commit, "git_dirty": dirty, "resamples": config.getoption("resamples"),
             "versions": versions}
+
+
+def _launcher(argv0: str) -> list[str]:
+    """How pytest was started: ``python -m pytest`` runs it as pytest/__main__.py."""
+    path = Path(argv0)
+    return ["python", "-m", path.parent.name] if path.name == "__main__.py" else [path.name]
 
 
 def _git(root: Path) -> tuple[str | None, bool]:

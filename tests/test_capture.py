@@ -294,8 +294,8 @@ def test_hooked_rejects_bad_position_and_removes_earlier_hooks() -> None:
     assert _n_hooks(model) == 0
 
 
-def _overflowing_fp16_gpt2():
-    model = tiny_model("gpt2").half()
+def _overflowing_gpt2(dtype=torch.float16):
+    model = tiny_model("gpt2").to(dtype)
     adapter = adapter_for(model.config)
 
     def to_inf(module, args, output):  # an attention output past float16's range
@@ -304,8 +304,9 @@ def _overflowing_fp16_gpt2():
     return model, adapter, to_inf
 
 
-def test_overflow_raises_naming_point_and_dtype() -> None:
-    model, adapter, to_inf = _overflowing_fp16_gpt2()
+@pytest.mark.parametrize("dtype, hint", [(torch.float16, "--dtype float32"), (torch.float32, "check the model's weights")])
+def test_overflow_raises_naming_point_and_dtype(dtype, hint) -> None:
+    model, adapter, to_inf = _overflowing_gpt2(dtype)
     handle = model.transformer.h[1].attn.register_forward_hook(to_inf)
     try:
         mask_ref = {"mask": torch.ones(1, 4, dtype=torch.long)}
@@ -316,7 +317,7 @@ def test_overflow_raises_naming_point_and_dtype() -> None:
         handle.remove()
     assert isinstance(info.value, MassactError)
     message = str(info.value)
-    assert "block.1" in message and "float16" in message
+    assert "block.1" in message and str(dtype) in message and hint in message
     assert "block.0" not in message  # block 0 was finite: the first bad point is named
     assert _n_hooks(model) == 0
 

@@ -365,3 +365,11 @@ def test_pytest_html_gains_the_verdict_columns_on_a_claims_run(pytester, claims_
     row = next(r for nodeid, r in rows.items() if "massive.exists/general[" in nodeid)
     cells = " ".join(row["resultsTableRow"])
     assert "refuted" in cells and "≥ 1" in cells
+
+
+@pytest.mark.parametrize("argv0, launcher", [("/venv/bin/pytest", ["pytest"]),
+                                             ("/venv/lib/site-packages/pytest/__main__.py", ["python", "-m", "pytest"])])
+def test_provenance_names_how_pytest_was_started(argv0, launcher):
+    from massact.plugin import _launcher
+
+    assert _launcher(argv0) == launcher
