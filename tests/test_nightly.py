@@ -18,9 +18,15 @@ def workflow() -> dict:
     return yaml.safe_load(WORKFLOW.read_text())
 
 
+def models(job: dict) -> list[str]:
+    return job["strategy"]["matrix"]["model"]
+
+
 def commands(job: dict) -> list[list[str]]:
-    """Every `run:` line of the job as argv, with the job's env variables put in."""
-    env = {k: str(v) for k, v in job.get("env", {}).items()}
+    """Every `run:` line of the job as argv, with the job's env variables put in (the matrix's first model)."""
+    matrix = {"matrix.model": models(job)[0]}
+    env = {k: re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}", lambda m: matrix[m.group(1)], str(v))
+           for k, v in job.get("env", {}).items()}
     out = []
     for step in job["steps"]:
         for line in step.get("run", "").splitlines():
@@ -34,6 +40,15 @@ def test_it_runs_nightly_and_by_hand():
     wf = workflow()
     triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` as true
     assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
+
+
+def test_every_built_in_model_is_checked_by_ci_or_nightly():
+    from massact.models import BUILTIN
+
+    (job,) = workflow()["jobs"].values()
+    in_ci = re.findall(r"--model (\S+)", (ROOT / "scripts" / "test").read_text())
+    assert set(BUILTIN) <= set(in_ci) | set(models(job)), "a built-in model whose recorded verdicts nothing checks"
+    assert not job["strategy"]["fail-fast"]  # one model's changed verdict does not cancel the others' runs
 
 
 def test_results_are_kept_also_when_a_verdict_changed():
