@@ -51,7 +51,7 @@ version = 1
 source = "fault suite"
 statement = "The top heads attend to the first token (eager attention)."
 check = "first_token_scores"
-params = { method = "correct_method", k = 4, min_top_mean = 0.5, margin = 0.1 }
+params = { method = "correct_method", k = 4, min_top_mean = 0.5 }
 threshold = "top-4 mean >= 0.5"
 documented = "-"
 [claim.expect]
@@ -64,7 +64,7 @@ version = 1
 source = "fault suite"
 statement = "The same, averaged with query 0."
 check = "first_token_scores"
-params = { method = "documented_method", k = 4, min_top_mean = 0.5, margin = 0.1 }
+params = { method = "documented_method", k = 4, min_top_mean = 0.5 }
 threshold = "top-4 mean >= 0.5"
 documented = "-"
 [claim.expect]
