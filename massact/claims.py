@@ -279,7 +279,11 @@ def _bootstrap(m: Measurement, o: Outcome, conds: list[Condition], *, resamples:
     A condition whose value is missing in some resample (or whose interval is undefined) is placed
     by the share of resamples it holds in: "holds" above 97.5%, "fails" below 2.5%.
     """
-    names = [k for k, v in o.values.items() if _number(v)]
+    signed = [k for k, v in o.values.items() if _number(v)]
+    # a condition on |value| is judged on the interval of |value|: a value whose sign varies between
+    # resamples (the largest change, up or down) has a signed interval spanning 0 that says nothing of |value|
+    magnitudes = sorted({c.value for c in conds if c.abs and c.value in signed})
+    names = signed + [f"|{k}|" for k in magnitudes]
     ctl = list(o.controls)
 
     def statistic(idx: np.ndarray) -> np.ndarray:
@@ -287,7 +291,8 @@ def _bootstrap(m: Measurement, o: Outcome, conds: list[Condition], *, resamples:
             out = m.decide(torch.as_tensor(idx, dtype=torch.long))
         except ClaimInvalid:  # a resample on which the claim cannot be evaluated: nothing holds
             return np.array([math.nan] * len(names) + [0.0] * (len(conds) + len(ctl) + 1))
-        vals = [float(out.values[k]) if _number(out.values.get(k)) else math.nan for k in names]
+        vals = [float(out.values[k]) if _number(out.values.get(k)) else math.nan for k in signed]
+        vals += [abs(float(out.values[k])) if _number(out.values.get(k)) else math.nan for k in magnitudes]
         held = [float(c.holds(out.values)) for c in conds]
         return np.array(vals + held + [float(out.controls.get(k, False)) for k in ctl] + [float(all(held))])
 
@@ -312,7 +317,9 @@ def _bootstrap(m: Measurement, o: Outcome, conds: list[Condition], *, resamples:
             fallback.append(k)
     sides = []
     for j, c in enumerate(conds):
-        if c.value in intervals:
+        if c.abs and f"|{c.value}|" in intervals:  # never the one without: both are nan in the same resamples
+            sides.append(c.side(*intervals[f"|{c.value}|"]))
+        elif c.value in intervals:
             sides.append(c.side(*intervals[c.value]))
         else:
             held = float(dist[len(names) + j].mean())

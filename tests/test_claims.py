@@ -120,12 +120,29 @@ def test_documented_values_are_conditions_within_the_tolerance(monkeypatch) -> N
     assert e.verdict == "refuted" and "outside tolerance" in e.reason
 
 
-@pytest.mark.parametrize("abs_, lo, hi, side", [
-    (False, 0.1, 0.3, "holds"), (False, 0.6, 0.9, "fails"), (False, 0.3, 0.6, "straddles"),
-    (True, -0.3, 0.3, "holds"), (True, 0.6, 0.9, "fails"), (True, -0.9, -0.6, "fails"), (True, -0.6, 0.1, "straddles"),
-])
-def test_condition_sides(abs_, lo, hi, side) -> None:
-    assert Condition("x", "<", 0.5, abs=abs_).side(lo, hi) == side
+@pytest.mark.parametrize("lo, hi, side", [(0.1, 0.3, "holds"), (0.6, 0.9, "fails"), (0.3, 0.6, "straddles")])
+def test_condition_sides(lo, hi, side) -> None:
+    assert Condition("x", "<", 0.5).side(lo, hi) == side
+
+
+@pytest.mark.parametrize("size, verdict", [(0.6, "refuted"), (0.005, "holds")])
+def test_a_condition_on_a_magnitude_is_judged_on_the_magnitudes_interval(monkeypatch, size, verdict) -> None:
+    """The largest change may be up in one resample and down in another: its signed interval spans 0,
+    while |change| stays far from (or well within) the bound in every resample."""
+    up, down = torch.full((5,), size, dtype=torch.float64), torch.full((5,), -1.1 * size, dtype=torch.float64)
+    changes = torch.stack([torch.cat([up, torch.zeros(5, dtype=torch.float64)]),
+                           torch.cat([torch.zeros(5, dtype=torch.float64), down])], dim=1)  # (samples, layers)
+
+    def decide(idx):
+        mean = (changes if idx is None else changes[idx]).mean(0)
+        worst = float(mean[mean.abs().argmax()])
+        return Outcome(holds=abs(worst) < 0.02, summary="", values={"worst": worst}, primary="worst")
+
+    e = judged(monkeypatch, Measurement(decide, n=10, bound={"op": "<", "value": 0.02, "abs": True}))
+    lo, hi = e.intervals["worst"]
+    assert lo < 0 < hi  # the signed value changes sign between resamples
+    assert e.verdict == verdict and e.bootstrap["conditions"] == {"|worst| < 0.02": "fails" if size > 0.02 else "holds"}
+    assert 0 < e.intervals["|worst|"][0]
 
 
 def test_a_records_seqlen_reaches_the_check() -> None:

@@ -203,10 +203,9 @@ class Condition:
         return OPS[self.op](abs(x) if self.abs else x, self.threshold)
 
     def side(self, lo: float, hi: float) -> str:
-        """Where an interval [lo, hi] of the value lies: "holds" (all of it satisfies the
+        """Where an interval [lo, hi] of the compared quantity (|value| when ``abs``: its own
+        interval, not one read off the signed value's) lies: "holds" (all of it satisfies the
         condition), "fails" (none of it does) or "straddles"."""
-        if self.abs:  # |x| op t: the interval's |x| runs from 0 (when it spans 0) to max(|lo|, |hi|)
-            lo, hi = (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))), max(abs(lo), abs(hi))
         ok = OPS[self.op]
         if ok(lo, self.threshold) and ok(hi, self.threshold):
             return "holds"
