@@ -158,3 +158,17 @@ def test_the_uniform_and_random_heads_plans_hold_the_head_aware_bytes() -> None:
 def test_sequences_longer_than_the_models_context_are_invalid() -> None:
     v = judge(record("heads.sink_share", "correct_method"), context(sink_heads_gpt2(), "sinks"))
     assert v.verdict == "invalid" and "reads at most 32 tokens; the claim reads sequences of 2048" in v.reason
+
+
+def test_a_plan_that_frees_nothing_is_invalid(monkeypatch) -> None:
+    """Under multi-query attention one query head that needs the whole cache keeps it for its KV
+    head's other query heads: where that holds everywhere, nothing is compressed and there is
+    nothing to compare with a uniform cache of equal bytes."""
+    from massact.kvcache import full_plan
+
+    monkeypatch.setattr(kv, "head_aware", lambda lm, classes, mapping, scale=1.0: full_plan(
+        layers=lm.n_layers, heads=lm.adapter.n_heads(lm.config), kv_heads=lm.adapter.n_kv_heads(lm.config)))
+    ctx = context(sink_heads_gpt2(), "sinks")
+    v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=20)
+    assert v.verdict == "invalid" and "keeps the whole cache on sinks: 8 of 8 query heads" in v.reason, v.reason
+    assert ctx.engine.n_passes == 1  # the statistics pass only: no cache was evaluated

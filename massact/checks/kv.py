@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, replace
 
 from massact import figures as fig
-from massact.checks.base import Context, Measurement, Outcome, check
+from massact.checks.base import ClaimInvalid, Context, Measurement, Outcome, check
 from massact.checks.headtypes import HeadParams, classified, measure_heads, statistics_request
 from massact.kvcache import KVPolicy, Plan, full_plan
 from massact.metrics import headtypes as ht
@@ -98,7 +98,14 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
     L, H, K = ctx.lm.n_layers, ctx.lm.adapter.n_heads(ctx.lm.config), ctx.lm.adapter.n_kv_heads(ctx.lm.config)
     mapping = MAPPING[p.method]
     plan = head_aware(ctx.lm, classes, mapping)
-    plans = {"full": full_plan(layers=L, heads=H, kv_heads=K), "head-aware": plan,
+    whole = full_plan(layers=L, heads=H, kv_heads=K)
+    if plan.entries(p.length) >= whole.entries(p.length):
+        full_q = sum(b.full for row in plan.budgets for b in row)
+        raise ClaimInvalid(
+            f"the head-aware plan ({p.method}) keeps the whole cache on {ctx.lm.name}: {full_q} of {L * H} query heads "
+            f"need the full cache, and each of the {L * K} KV heads keeps what any of its {H // K} query heads needs; "
+            "with nothing freed there is no compression to compare with a uniform cache of equal bytes")
+    plans = {"full": whole, "head-aware": plan,
              "streaming": streaming(ctx.lm, plan.entries(p.length), p.sink), "random heads": shuffled(plan)}
     n, T = len(long_documents("held_out")), p.length
     runs = {name: ctx.run(evaluation(pl, p), n=n) for name, pl in plans.items()}
