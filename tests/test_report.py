@@ -283,3 +283,16 @@ def test_interrupted_run_still_writes_the_report(pytester, claims_dir, tiny):
     assert doc["complete"] is False and len(doc["results"]) == 1
     page = (run_dir / "report.html").read_text()
     assert "did not finish" in page and doc["results"][0]["claim"] in page
+
+
+def test_a_value_judged_by_its_magnitude_is_drawn_as_one():
+    """The largest change is down in some resamples and up in others: its signed interval spans 0,
+    so the strip draws |value| and the magnitude's interval against the bound."""
+    from massact.report.html import _strip
+
+    e = {"primary": "p", "values": {"p": -0.564}, "intervals": {"p": [-0.672, 0.69], "|p|": [0.44, 0.667]},
+         "unit": "%", "bound": {"op": "<", "value": 0.02, "abs": True}, "verdict": "refuted"}
+    s = _strip(e)
+    (tick,) = s["ticks"]
+    assert tick < s["iv"][0] < s["value"] < s["iv"][0] + s["iv"][1]  # the whole interval beyond the bound
+    assert s["ok"] == [(0.0, tick)] and "magnitude [44.0%, 66.7%]" in s["title"]

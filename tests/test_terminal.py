@@ -56,3 +56,7 @@ def test_numbers():
          "bound": {"op": ">", "value": 1.0, "abs": True}, "threshold": "words"}
     assert measured(e) == "0.5 [0.4, 0.6]" and bound_text(e) == "beyond ±1"
     assert bound_text({"threshold": "words"}) == "words" and measured({"primary": None}) == ""
+    # judged by its magnitude: the magnitude's interval, not the signed one spanning 0
+    e = {"primary": "p", "values": {"p": -0.564}, "intervals": {"p": [-0.672, 0.69], "|p|": [0.44, 0.667]},
+         "unit": "%", "bound": {"op": "<", "value": 0.02, "abs": True}}
+    assert measured(e) == "-56.4% (magnitude [44.0%, 66.7%])" and bound_text(e) == "within ±2%"

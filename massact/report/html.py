@@ -46,10 +46,14 @@ def _strip(e: dict) -> dict | None:
     value = (e.get("values") or {}).get(prim)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
-    iv = [v for v in (e.get("intervals") or {}).get(prim) or [] if isinstance(v, (int, float)) and math.isfinite(v)]
+    intervals = e.get("intervals") or {}
     limits = [bound["value"]] if isinstance(bound.get("value"), (int, float)) else []
-    if bound.get("abs"):
+    signed_abs = bool(bound.get("abs"))  # |value| against the bound, drawn on the signed axis
+    if signed_abs and intervals.get(f"|{prim}|"):  # judged on the magnitude's interval: drawn as a magnitude
+        value, prim, limits, signed_abs = abs(value), f"|{prim}|", [abs(v) for v in limits], False
+    elif signed_abs:
         limits = [abs(limits[0]), -abs(limits[0])]
+    iv = [v for v in intervals.get(prim) or [] if isinstance(v, (int, float)) and math.isfinite(v)]
     points = [value, *iv, *limits]
     lo, hi = min(points), max(points)
     log = min(points) > 0 and hi / lo > 30
@@ -68,7 +72,7 @@ def _strip(e: dict) -> dict | None:
     if limits:
         op, b = bound.get("op", ""), max(limits)
         below = op in ("<", "<=")
-        if bound.get("abs"):
+        if signed_abs:
             regions = [(-b, b)] if below else [(lo, -b), (b, hi)]
         else:
             regions = [(lo, b)] if below else [(b, hi)]

@@ -44,12 +44,17 @@ def limit(v: float, unit: str = "") -> str:
 
 
 def measured(e: dict) -> str:
-    """The primary value and its interval, e.g. ``28.8% [25.9%, 32.2%]``; empty when there is none."""
+    """The primary value and its interval, e.g. ``28.8% [25.9%, 32.2%]``; empty when there is none.
+    A value judged by its magnitude shows the interval of its magnitude: ``-56.4% (magnitude [44.0%,
+    66.7%])``, where the signed one may span 0."""
     prim, unit = e.get("primary"), e.get("unit") or ""
     values = e.get("values") or {}
     if not prim or prim not in values:
         return ""
     text = number(values[prim], unit)
+    magnitude = (e.get("intervals") or {}).get(f"|{prim}|") if (e.get("bound") or {}).get("abs") else None
+    if magnitude and None not in magnitude:
+        return text + f" (magnitude [{number(magnitude[0], unit)}, {number(magnitude[1], unit)}])"
     iv = (e.get("intervals") or {}).get(prim)
     if iv and None not in iv:
         text += f" [{number(iv[0], unit)}, {number(iv[1], unit)}]"
