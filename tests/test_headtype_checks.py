@@ -172,3 +172,16 @@ def test_a_plan_that_frees_nothing_is_invalid(monkeypatch) -> None:
     v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=20)
     assert v.verdict == "invalid" and "keeps the whole cache on sinks: 8 of 8 query heads" in v.reason, v.reason
     assert ctx.engine.n_passes == 1  # the statistics pass only: no cache was evaluated
+
+
+def test_sliding_layers_are_named_where_the_sinks_are_out_of_their_reach() -> None:
+    from massact.checks.headtypes import sliding_note
+
+    model = tiny_model("gemma3")  # layer 0 slides with a window of 8, layer 1 is global
+    lm = LoadedModel(spec="g", name="g", model=model, tokenizer=None, adapter=adapter_for(model.config),
+                     dtype="float32", device="cpu")
+    assert sliding_note(lm, 32) == ("; 1 of 2 layers slide (window 8): on passes of 32 tokens their queries from "
+                                    "token 8 on cannot see the first tokens")
+    assert sliding_note(lm, 8) == ""  # every query of an 8-token pass reaches the first token
+    gpt2 = tiny_model("gpt2")
+    assert sliding_note(replace(lm, model=gpt2, adapter=adapter_for(gpt2.config)), 32) == ""

@@ -124,11 +124,23 @@ def _shares(classes: list) -> dict[str, float]:
             **{f"share.{t}": types.get(t, 0) / n for t in ht.TYPES}}
 
 
+def sliding_note(lm, length: int) -> str:
+    """What sliding-window layers hide on passes of ``length`` tokens: their queries from the window on
+    cannot see the first tokens, so their heads cannot put attention there; '' when none does."""
+    windows = {l: w for l in range(lm.n_layers) if (w := lm.adapter.attention_window(lm.config, l)) and w < length}
+    if not windows:
+        return ""
+    sizes = sorted(set(windows.values()))
+    return (f"; {len(windows)} of {lm.n_layers} layers slide (window {', '.join(map(str, sizes))}): on passes of "
+            f"{length} tokens their queries from token {sizes[0]} on cannot see the first tokens")
+
+
 @check(SinkShareParams, needs=_needs)
 def heads_sink_share(ctx: Context, p: SinkShareParams) -> Measurement:
     """Most heads need the first tokens kept (sink_positional and sink_mixed heads); the same
     statistics on the same architecture with random weights must not say so."""
     per, n = measure_heads(ctx, p), p.samples
+    blind = sliding_note(ctx.lm, p.source.chunk)
     rand = random_init(ctx.lm)
     rand_per = per_sample(ctx.engine.run(rand, ctx.corpus, statistics_request(p), n=n), ctx.lm.n_layers)
     del rand
@@ -142,7 +154,7 @@ def heads_sink_share(ctx: Context, p: SinkShareParams) -> Measurement:
             holds=v["sink_share"] > p.min_share, primary="sink_share",
             summary=f"{len(classes)} heads: " + ", ".join(f"{t} {counts.get(t, 0)}" for t in ht.TYPES)
                     + f"; keep sinks {v['sink_share']:.1%}, small window {v['small_window_share']:.1%}, full cache "
-                      f"{v['full_cache_share']:.1%}; random-init weights: keep sinks {rv['sink_share']:.1%}",
+                      f"{v['full_cache_share']:.1%}; random-init weights: keep sinks {rv['sink_share']:.1%}{blind}",
             values={**v, "random_init.sink_share": rv["sink_share"], "heads": len(classes),
                     **{f"count.{t}": counts.get(t, 0) for t in ht.TYPES}},
             controls={"random_init_weights": rv["sink_share"] > p.min_share},
