@@ -32,6 +32,7 @@ from massact.metrics.headtypes import FULL, Budget  # noqa: E402
 from massact.models import LoadedModel, load  # noqa: E402
 from massact.requests import RepeatedRandom, want  # noqa: E402
 from massact.runners.decode import run_generate  # noqa: E402
+from massact.runners.forward import eager_attention  # noqa: E402
 
 
 def smollm2_shaped(device: str) -> LoadedModel:
@@ -78,15 +79,10 @@ def ratios(lm: LoadedModel) -> dict:
 
     source = RepeatedRandom(2048, repeats=1, samples=1)
     ids = source.tokens(lm, corpus).to(lm.device)
-    before = lm.config._attn_implementation
 
     def eager():
-        lm.model.set_attn_implementation("eager")
-        try:
-            with torch.no_grad():
-                lm.model.base_model(input_ids=ids)
-        finally:
-            lm.model.set_attn_implementation(before)
+        with eager_attention(lm.model, True), torch.no_grad():
+            lm.model.base_model(input_ids=ids)
 
     out["head_statistics_2048"] = round(timed(lambda: Engine(batch_size=1).run(
         lm, corpus, want("attn.*", *HEAD_PROFILE).on(source), n=1)) / timed(eager), 3)

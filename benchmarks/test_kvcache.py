@@ -18,6 +18,7 @@ from massact.kvcache import KVPolicy, full_plan
 from massact.models import load
 from massact.requests import LongText
 from massact.runners.decode import run_generate
+from massact.runners.forward import eager_attention
 
 STATS_TARGET, DECODE_TARGET = 1.5, 0.8  # x an eager forward; x the full cache's tokens per second
 LENGTH, NEW = 2048, 32
@@ -47,13 +48,8 @@ def test_head_statistics_pass(benchmark, setup):
     ids = LongText("statistics", LENGTH, LENGTH).tokens(lm, corpus)[:1]
 
     def eager():
-        before = lm.config._attn_implementation
-        lm.model.set_attn_implementation("eager")
-        try:
-            with torch.no_grad():
-                lm.model.base_model(input_ids=ids)
-        finally:
-            lm.model.set_attn_implementation(before)
+        with eager_attention(lm.model, True), torch.no_grad():
+            lm.model.base_model(input_ids=ids)
 
     plain = _best(eager)
     benchmark.pedantic(lambda: Engine(batch_size=1).run(lm, corpus, statistics_request(p), n=1), rounds=3,
