@@ -7,10 +7,12 @@ which keep per-sample statistics, never the full activation unless asked.
 """
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -180,6 +182,32 @@ class Keep(Reducer):
         return {"full": torch.cat(self.parts)}
 
 
+class Spill(Reducer):
+    """The full tensor in the model's own dtype, (N, T, D), bit for bit, kept off the heap: written to an
+    unnamed temporary file as it comes and read back memory-mapped. The residual stream that passes
+    resuming at the next block start from (the engine's prefix reuse); a read copies only what it takes."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile(prefix="massact-resume-")
+        self.shape: tuple[int, ...] | None = None
+        self.dtype: torch.dtype | None = None
+
+    def update(self, a, mask, absa, token_max=None):
+        if not mask.bool().all():
+            raise ValueError("a pass resumes from whole samples: padding is not supported")
+        x = a.detach().cpu().contiguous()
+        self.file.write(x.view(torch.uint8).numpy().data)
+        self.shape = (len(x) + (self.shape[0] if self.shape else 0), *x.shape[1:])
+        self.dtype = x.dtype
+
+    def result(self):
+        if self.shape is None:
+            return {"resume": torch.empty(0)}
+        self.file.flush()
+        raw = np.memmap(self.file, dtype=np.uint8, mode="c")  # copy-on-write: the file is never changed
+        return {"resume": torch.from_numpy(raw).view(self.dtype).reshape(self.shape)}
+
+
 class HeadStats(Reducer):
     """Per sample and head, means over (unpadded) queries of attention probabilities (B, H, T, T).
 
@@ -238,9 +266,16 @@ STATISTICS: dict[str, type[Reducer]] = {
     "token_max": TokenMax,
     "energy_share": EnergyShare,
     "full": Keep,
+    "resume": Spill,
     **{name: HeadStats for name in ("first_incl", "first_excl", "sink", "entropy")},
     **{name: HeadProfile for name in HEAD_PROFILE},
 }
+
+
+def produced(stats: set[str] | frozenset[str]) -> frozenset[str]:
+    """Every statistic the reducers that make ``stats`` give (one TopK gives all four top_* at once)."""
+    kinds = {STATISTICS[s] for s in stats}
+    return frozenset(name for name, kind in STATISTICS.items() if kind in kinds)
 
 
 def reducers_for(stats: set[str] | frozenset[str]) -> list[Reducer]:

@@ -5,6 +5,9 @@ attention) whose statistics include the ones asked for. ``plan()`` announces the
 every claim about to run, so the first pass of each kind computes what all of them need.
 Claims read prefixes of one sample order: a pass covers the longest prefix asked for so far,
 and a later claim that needs more samples runs only the missing ones.
+A teacher-forced pass under an intervention that first changes block l starts at block l from the
+baseline's block l - 1 output, when a cached baseline pass kept it (statistic ``resume``): the blocks
+before l compute the same under the intervention, bit for bit (tests/test_engine.py).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from massact.capture import all_points
+from massact.capture import all_points, produced
 from massact.corpus import Corpus
 from massact.models import LoadedModel
 from massact.requests import KV_POINT, LOSS_POINT, Request, expand
@@ -140,15 +143,46 @@ class Engine:
     def _ids(self, lm: LoadedModel, corpus: Corpus, request: Request, n: int) -> torch.Tensor:
         return request.source.take(self._all_ids(lm, corpus, request), n, corpus)
 
+    def _prefix(self, lm: LoadedModel, corpus: Corpus, request: Request, wants: dict[str, frozenset[str]],
+                start: int, n: int) -> tuple[int, torch.Tensor, dict[str, dict[str, torch.Tensor]]] | None:
+        """Where a teacher-forced pass under an intervention can start from a cached baseline pass:
+        (l, the baseline's block l - 1 output for samples [start, n), the statistics asked for before
+        block l, which the intervention cannot change). None when no cached pass of the same input kept
+        that output (checks that intervene announce ``block.*: resume``) or held those statistics."""
+        layer = request.intervention.first_layer
+        if request.mode != "forward" or layer <= 0:
+            return None
+        points = all_points(lm.adapter, lm.n_layers)
+        early = {p: s for p, s in wants.items() if p in points and points[p].layer < layer}
+        kept = f"block.{layer - 1}"
+        need = early | {kept: early.get(kept, frozenset()) | {"resume"}}
+        base = Request(stats=frozenset((p, s) for p, ss in need.items() for s in ss), source=request.source,
+                       mode=request.mode, options=request.options)
+        if base.eager != request.eager or not any(c.covers(need) for c in self.passes.get(
+                (lm.spec, base.same_pass(corpus)), [])):
+            return None
+        got = self.run(lm, corpus, base, n=n).select(torch.arange(start, n))  # extended when it holds fewer
+        return layer, got.stat(kept, "resume"), {p: {s: got.stat(p, s) for s in produced(ss)} for p, ss in early.items()}
+
     def _run(self, lm: LoadedModel, corpus: Corpus, request: Request, wants: dict[str, frozenset[str]],
              start: int, n: int) -> PassResult:
-        """Samples [start, n) of ``request``."""
+        """Samples [start, n) of ``request``; from a kept residual stream where ``_prefix`` finds one."""
         ids = self._ids(lm, corpus, request, n)[start:]
+        prefix = self._prefix(lm, corpus, request, wants, start, n)
         label = f"{lm.name} / {request.describe()}"
+        extra = {}
+        if prefix is not None:
+            layer, states, early = prefix
+            wants = {p: s for p, s in wants.items() if p not in early}
+            extra["resume"] = (layer, states)
+            label += f" (resumed at block {layer})"
         t0 = time.perf_counter()
         points = RUNNERS[request.mode](lm, ids, wants, request.intervention, eager=request.eager,
                                        batch_size=self.batch_size,
-                                       progress=lambda line: self.progress(f"{label}: {line}"), **dict(request.options))
+                                       progress=lambda line: self.progress(f"{label}: {line}"),
+                                       **extra, **dict(request.options))
+        if prefix is not None:
+            points |= prefix[2]
         seconds = time.perf_counter() - t0
         self.progress(f"pass {label}: {len(ids)} samples x {ids.shape[1]} tokens in {seconds:.1f} s "
                       f"({ids.numel() / seconds:.0f} tok/s)", final=True)

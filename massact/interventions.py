@@ -24,11 +24,19 @@ class Intervention(Protocol):
     @property
     def key(self) -> str: ...
 
+    @property
+    def first_layer(self) -> int:
+        """The first block whose computation the intervention changes: every block before it computes
+        what the model as it is computes, so a teacher-forced pass may resume at this block from the
+        baseline's residual stream (0: from the start)."""
+
     def applied(self, model: nn.Module, adapter: Adapter) -> AbstractContextManager[None]: ...
 
 
 class HookIntervention:
     """An intervention made of forward (pre-)hooks: subclasses give ``registrations``."""
+
+    first_layer = 0
 
     def registrations(self, model: nn.Module, adapter: Adapter) -> list[Registration]:
         raise NotImplementedError
@@ -87,6 +95,10 @@ class PruneHeads(HookIntervention):
     method: str = "correct"
 
     @property
+    def first_layer(self) -> int:
+        return min(l for l, _ in self.heads)
+
+    @property
     def key(self) -> str:
         return f"prune_heads[{self.method}]" + "".join(f"({l},{h})" for l, h in self.heads)
 
@@ -115,6 +127,10 @@ class SetActivations(HookIntervention):
     (token, feature) is overwritten with ``value`` in every sample."""
 
     entries: tuple[tuple[int, int, int, float], ...]
+
+    @property
+    def first_layer(self) -> int:
+        return min(l for l, *_ in self.entries)
 
     @property
     def key(self) -> str:

@@ -240,6 +240,7 @@ class KVPolicy:
     """An intervention: attention reads a GroupedCache holding ``plan``; the decode runner makes the cache."""
 
     plan: Plan
+    first_layer = 0  # every layer's attention reads the policy's cache
 
     @property
     def key(self) -> str:

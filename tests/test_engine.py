@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from builders import tiny_model
+from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
 from massact.corpus import CorpusSettings, load_corpus
 from massact.engine import Engine
 from massact.errors import CorpusError
-from massact.interventions import ZeroMLP
+from massact.interventions import PruneHeads, SetActivations, ZeroMLP
 from massact.models import LoadedModel
 from massact.requests import LOSS_POINT, TEXT, Prompt, RepeatedRandom, Request, want
 
@@ -152,3 +152,82 @@ def test_long_documents_and_passkey_prompts() -> None:
     with pytest.raises(CorpusError, match="fewer than the 99999"):
         LongText("held_out", 99999, 99999).tokens(SimpleNamespace(tokenizer=lm.tokenizer, context=10**6, name="x"),
                                                    corpus)
+
+
+RESUME = want("block.*", "resume")
+
+
+def _engine_on(arch: str):
+    model = tiny_model(arch)
+    lm = LoadedModel(spec=arch, name=arch, model=model, tokenizer=_Chars(), adapter=adapter_for(model.config),
+                     dtype="float32", device="cpu")
+    corpus = load_corpus(CorpusSettings(seqlen=T))
+    lines: list[str] = []
+    engine = Engine(batch_size=4, progress=lambda line, final=False: lines.append(line))
+    engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T), generator=torch.Generator().manual_seed(0))
+    return lm, corpus, engine, lines
+
+
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+@pytest.mark.parametrize("intervention", [PruneHeads(((1, 2),)), SetActivations(((1, 3, 5, 100.0),))],
+                         ids=["prune", "set"])
+def test_a_pass_resumed_from_the_kept_residual_stream_equals_a_full_one(arch, intervention) -> None:
+    lm, corpus, engine, lines = _engine_on(arch)
+    every = PROFILE | want("mlp.*.input", "token_max") | (want(LOSS_POINT, "loss") if lm.adapter.is_decoder else PROFILE)
+    engine.plan(lm, corpus, [(every, N), (RESUME, N)])
+    base = engine.run(lm, corpus, every, n=N)
+    resumed = engine.run(lm, corpus, every.under(intervention), n=N)
+    assert any("resumed at block 1" in line for line in lines)
+    blocks = lm.adapter.block_list(lm.model)
+    assert all(type(b).__name__ != "_Skipped" for b in blocks)  # put back
+
+    _, _, full_engine, full_lines = _engine_on(arch)
+    full_engine.inputs = engine.inputs
+    full = full_engine.run(lm, corpus, every.under(intervention), n=N)
+    assert not any("resumed" in line for line in full_lines)
+    assert resumed.points.keys() == full.points.keys()
+    for point, stats in full.points.items():
+        for name, value in stats.items():
+            assert torch.equal(resumed.stat(point, name), value), (point, name)
+    # the intervention changed block 1 and left block 0 as the baseline has it
+    assert torch.equal(resumed.stat("block.0", "top_abs"), base.stat("block.0", "top_abs"))
+    assert not torch.equal(resumed.stat("block.1", "top_abs"), base.stat("block.1", "top_abs"))
+
+
+def test_a_pass_resumes_only_from_a_pass_that_kept_the_stream(setup) -> None:
+    lm, corpus, engine = setup
+    lines: list[str] = []
+    engine.progress = lambda line, final=False: lines.append(line)
+    engine.run(lm, corpus, PROFILE, n=N)  # nothing kept
+    engine.run(lm, corpus, PROFILE.under(PruneHeads(((1, 0),))), n=N)
+    assert engine.n_passes == 2 and not any("resumed" in line for line in lines)
+    engine.run(lm, corpus, PROFILE.under(ZeroMLP()), n=N)  # changes block 0: never resumes
+    engine.run(lm, corpus, PROFILE | RESUME, n=N)
+    engine.run(lm, corpus, want("attn.1", "entropy").under(PruneHeads(((1, 1),))), n=N)  # eager: another pass kind
+    assert not any("resumed" in line for line in lines)
+    r = engine.run(lm, corpus, PROFILE.under(PruneHeads(((1, 1),))), n=N)
+    assert "resumed at block 1" in lines[-1] and r.n == N
+
+
+def test_the_kept_stream_is_on_disk_and_read_bit_for_bit(setup) -> None:
+    lm, corpus, engine = setup
+    r = engine.run(lm, corpus, RESUME | want("block.1", "full"), n=N)
+    kept = r.stat("block.1", "resume")
+    assert kept.dtype == torch.float32 and kept.shape == (N, T, 32)
+    assert torch.equal(kept, r.stat("block.1", "full"))
+
+
+def test_blocks_are_put_back_when_a_resumed_pass_fails(setup) -> None:
+    from massact.runners.forward import run_forward
+
+    lm, corpus, engine = setup
+    ids = engine.inputs[(lm.spec, TEXT.key(corpus))]
+    blocks = list(lm.adapter.block_list(lm.model))
+    with pytest.raises(ValueError, match="kept states"):  # states of the wrong width
+        run_forward(lm, ids, {"block.1": frozenset({"top_abs"})}, PruneHeads(((1, 0),)), eager=False, batch_size=4,
+                    progress=lambda line: None, resume=(1, torch.zeros(N, T, 7)))
+    assert list(lm.adapter.block_list(lm.model)) == blocks
+    assert not any(b._forward_pre_hooks for b in blocks)
+    with pytest.raises(ValueError, match="does not compute"):
+        run_forward(lm, ids, {"block.0": frozenset({"top_abs"})}, PruneHeads(((1, 0),)), eager=False, batch_size=4,
+                    progress=lambda line: None, resume=(1, torch.zeros(N, T, 32)))

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params, check,
-                                 massive_layers, massive_spans, profile, ranges)
+from massact.checks.base import (PROFILE, RESUME, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params,
+                                 check, massive_layers, massive_spans, profile, ranges)
 from massact.checks.heads import ATTENTION, METHOD, scores
 from massact.interventions import BY_NAME, PruneHeads
 from massact.metrics import activations as act
@@ -115,7 +115,7 @@ class TopBottomParams(PruneParams):
     random_draws: int
 
 
-@check(TopBottomParams, needs=[PROFILE, ATTENTION])
+@check(TopBottomParams, needs=[PROFILE, ATTENTION, RESUME])
 def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones.
 
@@ -172,7 +172,7 @@ class SingleHeadParams(PruneParams, MassiveDef):
     bound: float
 
 
-@check(SingleHeadParams, needs=[PROFILE, ATTENTION])
+@check(SingleHeadParams, needs=[PROFILE, ATTENTION, RESUME])
 def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
     """Pruning one of the top first-token heads leaves its own layer's top-1 within ``bound``.
 

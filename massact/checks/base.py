@@ -268,6 +268,9 @@ def check(params: type[Params] = NoParams, *, needs: Sequence[Request] | Callabl
 # ---------------------------------------------------------------- shared by the families
 
 PROFILE = want("block.*", "top_abs", "median")  # the per-layer profile: top-1/2/3 and median |a|
+# the baseline's residual stream after every block, kept on disk: a check that intervenes at a layer it
+# picks while running announces it, so its passes start at that layer instead of recomputing the ones before
+RESUME = want("block.*", "resume")
 
 
 def profile(r: PassResult, n_layers: int) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, TOP_ENTRIES, AtLayer, ClaimInvalid, Condition, Context, Measurement,
+from massact.checks.base import (PROFILE, RESUME, TOP_ENTRIES, AtLayer, ClaimInvalid, Condition, Context, Measurement,
                                  Outcome, check, emergence_layer)
 from massact.engine import PassResult
 from massact.interventions import SetActivations
@@ -52,7 +52,7 @@ class ZeroVsMeanParams(AtLayer):
     mean_max_ratio: float
 
 
-@check(ZeroVsMeanParams, needs=[PROFILE, TOP_ENTRIES, LOSS])
+@check(ZeroVsMeanParams, needs=[PROFILE, TOP_ENTRIES, LOSS, RESUME])
 def zero_vs_mean(ctx: Context, p: ZeroVsMeanParams) -> Measurement:
     layer = emergence_layer(ctx, p)
     base_r = ctx.run(LOSS)

@@ -6,35 +6,46 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 
-from massact.capture import all_points, capture, collect, reducers_for
+from massact.arch import Adapter
+from massact.capture import all_points, capture, collect, hooked, reducers_for
 from massact.interventions import Intervention
 from massact.models import LoadedModel
 from massact.requests import LOSS_POINT
 
 
 def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention: Intervention, *,
-                eager: bool, batch_size: int, progress: Callable[[str], None]) -> dict[str, dict[str, torch.Tensor]]:
+                eager: bool, batch_size: int, progress: Callable[[str], None],
+                resume: tuple[int, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Per-sample statistics ``wants`` (point -> statistic names) of ``ids`` (N, T) under ``intervention``.
 
     The output head runs only when the loss is asked for: nothing else reads the logits.
+    ``resume=(l, states)``: run blocks l.. only, block l reading ``states`` (N, T, D), the output of
+    block l - 1 for these samples; no point before block l may be asked for.
     """
     points = all_points(lm.adapter, lm.n_layers)
     hooked = [points[name] for name in wants if name != LOSS_POINT]
+    if resume is not None and (early := [p.name for p in hooked if p.layer < resume[0]]):
+        raise ValueError(f"a pass resuming at block {resume[0]} does not compute {early}")
     loss = "loss" in wants.get(LOSS_POINT, ()) and lm.adapter.is_decoder
     model = lm.model if loss else lm.model.base_model
     mask = torch.ones_like(ids)  # samples are whole chunks: no padding
     mask_ref: dict[str, torch.Tensor] = {}
+    state_ref: dict[str, torch.Tensor] = {}
     losses = []
     start = time.perf_counter()
-    # the intervention's hooks first: hooks on one module run in registration order, and a
-    # point on an intervened module must record what the intervention left there
-    with torch.no_grad(), intervention.applied(lm.model, lm.adapter), eager_attention(lm.model, eager):
+    # the resumed block's input first, then the intervention's hooks: hooks on one module run in
+    # registration order, and a point on an intervened module must record what the intervention left there
+    with torch.no_grad(), resumed(lm.model, lm.adapter, resume and resume[0], state_ref), \
+            intervention.applied(lm.model, lm.adapter), eager_attention(lm.model, eager):
         with capture(lm.model, lm.adapter, hooked, mask_ref=mask_ref,
                      make_reducers=lambda p: reducers_for(wants[p.name])) as reducers:
             for i in range(0, len(ids), batch_size):
                 b_ids, b_mask = ids[i:i + batch_size].to(lm.device), mask[i:i + batch_size].to(lm.device)
                 mask_ref["mask"] = b_mask
+                if resume is not None:
+                    state_ref["states"] = resume[1][i:i + batch_size].to(lm.device)
                 out = model(input_ids=b_ids, attention_mask=b_mask)
                 if loss:
                     losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
@@ -44,6 +55,47 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     if loss:
         got[LOSS_POINT] = {"loss": torch.cat(losses)}
     return got
+
+
+class _Skipped(nn.Module):
+    """Stands in for a block that a resumed pass does not run: hands its input on unread (the block
+    the pass resumes at replaces it with the kept residual stream)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextmanager
+def resumed(model: nn.Module, adapter: Adapter, layer: int | None, state_ref: dict[str, torch.Tensor]):
+    """Blocks before ``layer`` skipped and block ``layer`` fed ``state_ref["states"]`` for the block;
+    the blocks put back after, whatever happens. None or 0: the model as it is.
+
+    Masks and position embeddings are made before the first block from the input ids, as in a full pass.
+    """
+    if not layer:
+        yield
+        return
+    blocks = adapter.block_list(model)
+    kept = [blocks[l] for l in range(layer)]
+
+    def feed(module, args):
+        if not args:
+            raise ValueError(f"{adapter.name}: block {layer} takes its hidden states by keyword; a pass cannot "
+                             "resume there")
+        states = state_ref["states"]
+        if states.shape != args[0].shape:
+            raise ValueError(f"resuming at block {layer}: kept states {tuple(states.shape)} for input "
+                             f"{tuple(args[0].shape)}")
+        return (states, *args[1:])
+
+    try:
+        for l in range(layer):
+            blocks[l] = _Skipped()
+        with hooked([(blocks[layer], "in", feed)]):
+            yield
+    finally:
+        for l, block in enumerate(kept):
+            blocks[l] = block
 
 
 @contextmanager
