@@ -69,13 +69,27 @@ class Adapter:
         block = self.block_list(model)[layer]
         return block.get_submodule(path) if path else block
 
+    def weight(self, model: nn.Module, layer: int, path: str) -> torch.Tensor:
+        """The weight of module ``path`` of block ``layer`` as stored (read_weight)."""
+        return read_weight(self.block_module(model, layer, path))
+
     def down_weight(self, model: nn.Module, layer: int) -> torch.Tensor:
         """The down projection weight as (out = hidden, in = intermediate)."""
-        w = self.block_module(model, layer, self.down_proj).weight.detach()
+        w = self.weight(model, layer, self.down_proj)
         return w.T if self.down_weight_in_out else w
 
     def checkpoint_roles(self) -> tuple[str, ...]:
         return tuple(role for role, _, _ in self.mlp_checkpoints)
+
+
+def read_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, detached; read back for the moment when accelerate offloaded it (--device-map)."""
+    if module.weight.device.type != "meta":
+        return module.weight.detach()
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module, "cpu"):  # the offloaded weight, on the CPU while inside
+        return module.weight.detach().clone()
 
 
 def _first_attr(config, names: tuple[str, ...], default: int | None = None) -> int:

@@ -9,6 +9,7 @@ GGUF shipped in chunk packages is first joined there, once.
 from __future__ import annotations
 
 import difflib
+import atexit
 import hashlib
 import importlib.metadata
 import json
@@ -219,6 +220,43 @@ def check_device(device: str) -> None:
         raise BadOption(f"--device {device!r}: this machine has {count} {d.type} device(s): {have}")
 
 
+DEVICE_MAPS = ("auto", "balanced", "sequential")  # accelerate's placements that take max_memory
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the weights go when they do not all fit one device: accelerate's ``device_map`` over the
+    devices of ``max_memory`` (device -> "20GiB"), the rest offloaded to disk. None: all on --device."""
+
+    device_map: str
+    max_memory: tuple[tuple[str | int, str], ...] = ()
+
+    @classmethod
+    def parse(cls, device_map: str | None, max_memory: str | None) -> Placement | None:
+        """From --device-map and --max-memory ("cpu=2GiB,0=20GiB"); a BadOption saying what was wrong."""
+        if device_map is None:
+            if max_memory:
+                raise BadOption("--max-memory needs --device-map auto: it bounds what each device holds")
+            return None
+        if device_map not in DEVICE_MAPS:
+            raise BadOption(f"--device-map {device_map!r} is not one of {', '.join(DEVICE_MAPS)}")
+        limits = []
+        for part in filter(None, (max_memory or "").split(",")):
+            dev, _, size = part.partition("=")
+            dev = dev.strip()
+            if not size or not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", size.strip()):
+                raise BadOption(f"--max-memory {part!r} is not DEVICE=SIZE (cpu=2GiB, 0=20GiB)")
+            limits.append((int(dev) if dev.isdigit() else dev, size.strip()))
+        return cls(device_map, tuple(limits))
+
+    def kwargs(self) -> dict:
+        """from_pretrained's arguments; offloaded weights go to a folder removed when the process ends."""
+        folder = tempfile.mkdtemp(prefix="massact-offload-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return {"device_map": self.device_map, "max_memory": dict(self.max_memory) or None,
+                "offload_folder": folder}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("MASSACT_CACHE", Path.home() / ".cache" / "massact"))
 
@@ -316,9 +354,12 @@ def _assembled_gguf(spec: str, sums: Path) -> tuple[Path, str]:
     return target, digest
 
 
-def load(spec: str, *, dtype: str = "float32", device: str = "cpu", label: str | None = None) -> LoadedModel:
+def load(spec: str, *, dtype: str = "float32", device: str = "cpu", label: str | None = None,
+         placement: Placement | None = None) -> LoadedModel:
     """Load one model; raises a MassactError subclass with a clear message on any failure.
-    ``label``: the name reports show (default: the spec's own label)."""
+    ``label``: the name reports show (default: the spec's own label). ``placement``: spread the
+    weights over devices and disk (accelerate); the inputs still go to ``device``."""
+    place = placement.kwargs() if placement else {}
     spec = resolve(spec)
     if dtype not in DTYPES:
         raise MassactError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -329,22 +370,27 @@ def load(spec: str, *, dtype: str = "float32", device: str = "cpu", label: str |
             source, digest = _assembled_gguf(spec, source)
         if source.suffix == ".gguf":
             directory, weights_hash = _dequantized_gguf(source, digest)
-            model, tok, prov = _load_dir(directory, dtype, hash_weights=False)
+            model, tok, prov = _load_dir(directory, dtype, place, hash_weights=False)
             prov.update(weights_sha256=weights_hash, gguf=str(source))
         elif source.is_dir():
-            model, tok, prov = _load_dir(source, dtype)
+            model, tok, prov = _load_dir(source, dtype, place)
         else:
-            model, tok, prov = _load_hub(spec, dtype)
+            model, tok, prov = _load_hub(spec, dtype, place)
     except MassactError:
         raise
     except Exception as e:  # corrupt or truncated weights surface as many exception types
         raise ModelLoadError(f"cannot read the weights of {spec!r} ({type(e).__name__}: {e}); "
                              "the file may be truncated or corrupt: reinstall or re-download it") from e
     _check_finite(spec, model)
-    try:
-        model.to(device).eval()
-    except RuntimeError as e:  # out of memory, mostly
-        raise ModelLoadError(f"cannot move {spec!r} to {device}: {e}") from None
+    if placement:
+        model.eval()
+        where = getattr(model, "hf_device_map", {})
+        prov["device_map"] = {str(d): sum(1 for v in where.values() if v == d) for d in dict.fromkeys(where.values())}
+    else:
+        try:
+            model.to(device).eval()
+        except RuntimeError as e:  # out of memory, mostly
+            raise ModelLoadError(f"cannot move {spec!r} to {device}: {e}") from None
     return LoadedModel(spec=spec, name=label or labels([spec])[spec], model=model, tokenizer=tok,
                        adapter=adapter_for(model.config), dtype=dtype, device=device,
                        provenance={"source": str(source), **prov},
@@ -353,7 +399,8 @@ def load(spec: str, *, dtype: str = "float32", device: str = "cpu", label: str |
 
 def _check_finite(spec: str, model: nn.Module) -> None:
     """NaN or inf in the weights is a broken checkpoint, whatever the dtype: say so at load."""
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [name for name, t in model.state_dict().items()  # offloaded weights (meta here) are read when used
+           if t.is_floating_point() and t.device.type != "meta" and not torch.isfinite(t).all()]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ModelLoadError(f"the weights of {spec!r} hold NaN or inf values (in {', '.join(bad[:3])}{more}): "
@@ -366,7 +413,7 @@ def _model_class(config):
     return AutoModelForCausalLM if adapter_for(config).is_decoder else AutoModel
 
 
-def _load_dir(directory: Path, dtype: str, *, hash_weights: bool = True):
+def _load_dir(directory: Path, dtype: str, place: dict, *, hash_weights: bool = True):
     from transformers import AutoConfig, AutoTokenizer
 
     if not (directory / "config.json").exists():
@@ -379,7 +426,7 @@ def _load_dir(directory: Path, dtype: str, *, hash_weights: bool = True):
         raise ModelLoadError(f"{directory / 'config.json'} names no model_type; re-export the model with transformers")
     adapter_for(SimpleNamespace(model_type=model_type))  # unsupported architectures fail before any weights are read
     config = AutoConfig.from_pretrained(directory)
-    model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype])
+    model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype], **place)
     tok = AutoTokenizer.from_pretrained(directory)
     if not hash_weights:
         return model, tok, {}
@@ -388,7 +435,7 @@ def _load_dir(directory: Path, dtype: str, *, hash_weights: bool = True):
     return model, tok, {"weights_sha256": digest}
 
 
-def _load_hub(spec: str, dtype: str):
+def _load_hub(spec: str, dtype: str, place: dict):
     from transformers import AutoConfig, AutoTokenizer
 
     try:  # the local cache first: no network round trip when the weights are here
@@ -405,7 +452,7 @@ def _load_hub(spec: str, dtype: str):
             raise ModelUnavailable(f"{spec}: weights not in the local cache and the hub is not reachable. "
                                    + GET_WEIGHTS.format(spec=spec)) from None
     adapter_for(config)
-    model = _model_class(config).from_pretrained(spec, dtype=DTYPES[dtype], local_files_only=local)
+    model = _model_class(config).from_pretrained(spec, dtype=DTYPES[dtype], local_files_only=local, **place)
     tok = AutoTokenizer.from_pretrained(spec, local_files_only=local)
     return model, tok, {"revision": getattr(config, "_commit_hash", None)}
 

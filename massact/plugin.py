@@ -57,6 +57,12 @@ def pytest_addoption(parser):
     g.addoption("--seed", type=int, default=0, help="seed for choosing samples (default: 0)")
     g.addoption("--bos", action="store_true", help="prepend the BOS (or CLS) token to every sample")
     g.addoption("--device", default="cpu", help="torch device (default: cpu)")
+    g.addoption("--device-map", default=None, choices=models.DEVICE_MAPS,
+                help="spread a model too large for --device over devices and disk (accelerate; default: all on "
+                     "--device)")
+    g.addoption("--max-memory", default=None, metavar="DEV=SIZE,...",
+                help="with --device-map: what each device may hold, e.g. cpu=8GiB or 0=20GiB,cpu=60GiB; the rest "
+                     "goes to disk")
     g.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype (default: float32)")
     g.addoption("--batch-size", type=int, default=4, help="samples per forward pass (default: 4)")
     g.addoption("--report-dir", default="reports", metavar="DIR",
@@ -84,6 +90,7 @@ def pytest_configure(config):
                                             seqlen=config.getoption("seqlen"), seed=config.getoption("seed"),
                                             bos=config.getoption("bos")))
         models.check_device(config.getoption("device"))
+        placement = models.Placement.parse(config.getoption("device_map"), config.getoption("max_memory"))
         if config.getoption("batch_size") < 1:
             raise BadOption(f"--batch-size must be at least 1, not {config.getoption('batch_size')}")
         if config.getoption("resamples") < 0:
@@ -101,7 +108,7 @@ def pytest_configure(config):
     labels = config.stash[LABELS] = models.labels(specs)
     config.stash[SESSION] = Session(
         corpus=corpus, labels=labels, dtype=config.getoption("dtype"), device=config.getoption("device"),
-        batch_size=config.getoption("batch_size"), resamples=config.getoption("resamples"),
+        placement=placement, batch_size=config.getoption("batch_size"), resamples=config.getoption("resamples"),
         progress=_progress(config))
     if controller:  # the controller (or a serial run) assembles the results
         config.pluginmanager.register(

@@ -19,11 +19,12 @@ from massact.report.results import Entry
 
 
 class Session:
-    def __init__(self, *, corpus: Corpus, labels: dict[str, str], dtype: str, device: str, batch_size: int = 4,
-                 resamples: int = RESAMPLES, progress=None):
+    def __init__(self, *, corpus: Corpus, labels: dict[str, str], dtype: str, device: str,
+                 placement: models.Placement | None = None, batch_size: int = 4, resamples: int = RESAMPLES,
+                 progress=None):
         self.corpus = corpus
         self.labels = labels  # resolved spec -> the label reports show
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.placement = dtype, device, placement
         self.resamples = resamples
         self.engine = Engine(batch_size=batch_size, progress=progress)
         self.loaded: dict[str, models.LoadedModel | Exception] = {}
@@ -34,7 +35,8 @@ class Session:
         later requests raise it again as a message, with no new attempt."""
         if spec not in self.loaded:
             try:
-                self.loaded[spec] = models.load(spec, dtype=self.dtype, device=self.device, label=self.labels.get(spec))
+                self.loaded[spec] = models.load(spec, dtype=self.dtype, device=self.device, label=self.labels.get(spec),
+                                                placement=self.placement)
             except Exception as e:
                 self.loaded[spec] = e
                 raise

@@ -181,3 +181,31 @@ def test_a_device_this_machine_lacks_is_rejected(device, message) -> None:
     with pytest.raises(BadOption, match=message.replace("(", r"\(")):
         models.check_device(device)
     models.check_device("cpu")
+
+
+def test_a_model_offloaded_to_disk_gives_the_same_verdicts(tmp_path) -> None:
+    """--device-map auto with --max-memory too small for the blocks: accelerate offloads them to disk, and
+    every claim reads the same activations and weights as with the model whole."""
+    from builders import planted_gpt2
+    from massact.claims import judge
+    from test_planted import loaded_context, record
+
+    save_tiny(planted_gpt2(layer=1, feature=40, token=3, magnitude=1000.0), tmp_path)
+    whole = models.load(str(tmp_path))
+    spread = models.load(str(tmp_path), placement=models.Placement.parse("auto", "cpu=300KB"))
+    assert spread.provenance["device_map"].get("disk")  # the blocks went to disk
+    for claim in ("massive.exists", "ablate.attention_all", "ablate.mlp_all", "mlp.down_proj_amplifies",
+                  "svd.dominant_direction", "outliers.weights_heavy_tailed"):
+        a, b = (judge(record(claim), loaded_context(lm), resamples=50) for lm in (whole, spread))
+        assert (a.verdict, a.values) == (b.verdict, b.values), claim
+
+
+@pytest.mark.parametrize(("device_map", "max_memory", "message"), [
+    (None, "cpu=1GiB", "needs --device-map"),
+    ("everywhere", None, "is not one of"),
+    ("auto", "cpu:1GiB", "is not DEVICE=SIZE"),
+    ("auto", "cpu=lots", "is not DEVICE=SIZE"),
+])
+def test_a_bad_placement_is_rejected(device_map, max_memory, message) -> None:
+    with pytest.raises(BadOption, match=message):
+        models.Placement.parse(device_map, max_memory)

@@ -36,8 +36,13 @@ def record(claim_id: str, variant: str = "general") -> Claim:
 
 def context(model: torch.nn.Module, name: str, *, seed: int = 0) -> Context:
     """A Context over random token ids (planted models need no tokenizer)."""
-    lm = LoadedModel(spec=name, name=name, model=model, tokenizer=None, adapter=adapter_for(model.config),
-                     dtype="float32", device="cpu")
+    return loaded_context(LoadedModel(spec=name, name=name, model=model, tokenizer=None,
+                                      adapter=adapter_for(model.config), dtype="float32", device="cpu"), seed=seed)
+
+
+def loaded_context(lm: LoadedModel, *, seed: int = 0) -> Context:
+    """A Context for a loaded model over random token ids."""
+    model = lm.model
     corpus = load_corpus(CorpusSettings(seqlen=SEQLEN, seed=seed))
     engine = Engine(batch_size=4)
     g = torch.Generator().manual_seed(seed)

@@ -128,8 +128,10 @@ def test_a_mistyped_path_is_a_usage_error_not_a_hub_id(pytester, claims_dir):
     (["--corpus", "nothere"], "corpus nothere does not exist"),
     (["--corpus", "latin1.txt"], "corpus file latin1.txt is not UTF-8 text (byte 0xe9 at offset 3)"),
     (["--report-dir", "afile/reports"], "--report-dir */afile/reports: */afile is not a directory*"),
+    (["--max-memory", "cpu=1GiB"], "--max-memory needs --device-map auto"),
+    (["--device-map", "auto", "--max-memory", "cpu:1GiB"], "--max-memory 'cpu:1GiB' is not DEVICE=SIZE"),
 ], ids=["device", "device-absent", "batch-size", "resamples", "corpus-empty", "corpus-missing", "corpus-encoding",
-        "report-dir"])
+        "report-dir", "max-memory-alone", "max-memory-form"])
 def test_what_can_be_checked_before_loading_is_a_usage_error(pytester, claims_dir, tiny_dir, option, message):
     import torch
 

@@ -164,7 +164,7 @@ def contributor_row(ctx: Context, layer: int, dim: int, method: str) -> tuple[to
     if method == "correct":
         w, what = a.down_weight(model, layer), f"weights into output dim {dim} (row of W (out, in))"
     else:
-        w = a.block_module(model, layer, a.down_proj).weight.detach()
+        w = a.weight(model, layer, a.down_proj)
         what = (f"row {dim} of the stored (in, out) weight: unit {dim}'s outgoing weights, indexed by output dim"
                 if a.down_weight_in_out else f"row {dim} of the stored (out, in) weight: same as the correct method")
     if dim >= w.shape[0]:

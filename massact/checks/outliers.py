@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
 from massact import figures as fig
+from massact.arch import read_weight
 from massact.capture import ENERGY_FRACS
 from massact.checks.base import (PROFILE, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params, check,
                                  check_layer, fixed, massive_layers, massive_spans, profile, ranges)
@@ -34,11 +34,11 @@ def weight_matrices(ctx: Context, layer: int) -> dict[str, torch.Tensor]:
     """The document's three kinds, per layer: FFN up (for gated MLPs gate and up), attention output."""
     a, model = ctx.lm.adapter, ctx.lm.model
     paths = dict((role, path) for role, path, _ in a.mlp_checkpoints)
-    mats = {"ffn_up": a.block_module(model, layer, paths["pre_act"]).weight}
+    mats = {"ffn_up": a.weight(model, layer, paths["pre_act"])}
     if "up" in paths:  # gated MLP: gate_proj sits at pre_act, up_proj is the second up projection
-        mats["ffn_up.up_proj"] = a.block_module(model, layer, paths["up"]).weight
-    mats["attn_output"] = a.block_module(model, layer, a.out_proj).weight
-    return {k: v.detach() for k, v in mats.items()}
+        mats["ffn_up.up_proj"] = a.weight(model, layer, paths["up"])
+    mats["attn_output"] = a.weight(model, layer, a.out_proj)
+    return mats
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +66,7 @@ def _histogram(w: torch.Tensor) -> tuple[list[float], list[float]]:
 @check(HeavyParams)
 def weights_heavy_tailed(ctx: Context, p: HeavyParams) -> Measurement:
     """Every named matrix: excess kurtosis significantly > 0 and its farthest entry > min_max_z std out."""
-    emb: nn.Module = ctx.lm.model.get_input_embeddings()
-    mats = {"embeddings": emb.weight.detach()}
+    mats = {"embeddings": read_weight(ctx.lm.model.get_input_embeddings())}
     for l in _layers(p.layers, ctx.lm.n_layers):
         mats.update({f"{k}.{l}": w for k, w in weight_matrices(ctx, l).items()})
     stats = {k: out.moments(w) for k, w in mats.items()}
