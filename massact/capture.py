@@ -107,6 +107,15 @@ class TopK(Reducer):
         return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
+def lower_median(x: torch.Tensor) -> torch.Tensor:
+    """Per row of x (B, n): the lower of the two middle values, as torch.median gives it. On the CPU by
+    numpy's introselect, ~6x faster there than torch.median (the capture pass's costliest statistic)."""
+    if x.device.type != "cpu" or x.shape[1] == 0:  # torch says an empty row has no median
+        return x.median(dim=1).values
+    k = (x.shape[1] - 1) // 2
+    return torch.from_numpy(np.partition(x.numpy(), k, axis=1)[:, k].copy())
+
+
 class Median(Reducer):
     """Per sample: the median |a| over every unpadded (token, feature) entry (the lower of two middles)."""
 
@@ -115,10 +124,10 @@ class Median(Reducer):
 
     def update(self, a, mask, absa, token_max=None):
         if mask.bool().all():  # one call for the batch
-            self.parts.append(absa.reshape(a.shape[0], -1).median(dim=1).values)
+            self.parts.append(lower_median(absa.reshape(a.shape[0], -1)))
             return
         for b in range(a.shape[0]):
-            self.parts.append(absa[b][mask[b].bool()].median().reshape(1))
+            self.parts.append(lower_median(absa[b][mask[b].bool()].reshape(1, -1)))
 
     def result(self):
         return {"median": torch.cat(self.parts)}

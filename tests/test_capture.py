@@ -344,3 +344,13 @@ def test_attention_without_probabilities_is_named() -> None:
                                       make_reducers=lambda p: [HeadProfile()]):
             model(input_ids=_ids(1, 4, 0))
     assert _n_hooks(model) == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 20, 73728])
+def test_lower_median_is_torch_median_exactly(n) -> None:
+    from massact.capture import lower_median
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, generator=g).abs()
+    x[1] = x[1].round(decimals=1)  # ties
+    assert torch.equal(lower_median(x), x.median(dim=1).values)
