@@ -1,19 +1,23 @@
 """One command for the harness's cost ratios on whatever device is present (a GPU when there is one).
 
-    python benchmarks/ratios.py [--model SPEC] [--out ratios.json]
+    python benchmarks/ratios.py [--model SPEC] [--out ratios.json] [--no-memory]
 
 Without a model on the machine (no weights package, no hub), it builds SmolLM2-135M's architecture
 with random weights: the timings are those of the real model; the verdicts are not. It prints, as
 ratios measured side by side: a capture pass (top-3 and median of every block output) against a
 plain forward at 128 and 1024 tokens; the head statistics pass against an eager forward at 2048;
-decoding after a 2048-token prompt with a head-aware-shaped cache against the full cache; and, on
-a GPU, that a planted model gives the CPU's verdicts in float32, and that float16's overflow is
-reported in float16.
+decoding after a 2048-token prompt with a head-aware-shaped cache against the full cache; the peak
+memory at batch 4 of the capture pass against a bare forward (128 and 1024 tokens) and of the head
+statistics pass against an eager forward (2048 tokens), each in fresh processes (the resident set's
+high-water mark on a CPU, the allocator's on a GPU); and, on a GPU, that a planted model gives
+the CPU's verdicts in float32, and that float16's overflow is reported in float16.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +103,56 @@ def ratios(lm: LoadedModel) -> dict:
     return out
 
 
+# (what, against what, tokens): the capture pass against a plain forward, and the head statistics pass
+# (eager attention, the reducers of attention_profile) against an eager forward of the same tokens
+PEAK_PAIRS = (("capture", "bare", 128), ("capture", "bare", 1024), ("head_statistics", "bare_eager", 2048))
+
+
+def peak(lm: LoadedModel, what: str, tokens: int) -> float:
+    """MiB at this process's high-water mark while doing ``what`` on 4 samples of ``tokens`` tokens (one
+    batch), counted from after the model is loaded (loading has transients of its own): "loaded" does
+    nothing, "bare" a plain forward, "bare_eager" one with eager attention, "capture" the capture pass,
+    "head_statistics" the head classification's pass. On a CPU the resident set's (Linux: reset through
+    /proc/self/clear_refs), on a GPU the allocator's."""
+    from massact.checks.headtypes import HEAD_PROFILE
+
+    corpus = load_corpus(CorpusSettings())
+    source = RepeatedRandom(tokens, repeats=1, samples=4)
+    ids = source.tokens(lm, corpus).to(lm.device)
+    if lm.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    if what in ("bare", "bare_eager"):
+        with torch.no_grad(), eager_attention(lm.model, what == "bare_eager"):
+            lm.model.base_model(input_ids=ids)
+    elif what == "capture":
+        Engine(batch_size=4).run(lm, corpus, PROFILE.on(source), n=4)
+    elif what == "head_statistics":
+        Engine(batch_size=4).run(lm, corpus, want("attn.*", *HEAD_PROFILE).on(source), n=4)
+    if lm.device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+
+
+def peaks(model: str, repeats: int = 3) -> dict:
+    """Each run of PEAK_PAIRS in fresh processes (a high-water mark never comes down), with the memory of
+    the loaded model alone; the median of ``repeats`` processes each, since the allocator's peaks vary by
+    ~100 MiB run to run."""
+    def one(what: str, tokens: int) -> float:
+        return statistics.median(json.loads(subprocess.run(
+            [sys.executable, __file__, "--model", model, "--peak", what, "--tokens", str(tokens)], check=True,
+            capture_output=True, text=True).stdout.splitlines()[-1]) for _ in range(repeats))
+
+    out = {"loaded_mib": round(one("loaded", 128), 1)}
+    for what, against, tokens in PEAK_PAIRS:
+        got, base = one(what, tokens), one(against, tokens)
+        out[f"{what}_{tokens}"] = {"mib": round(got, 1), f"{against}_mib": round(base, 1),
+                                   "ratio": round(got / base, 3)}
+    return out
+
+
 def same_verdicts(device: str) -> dict:
     """Planted models' verdicts on the CPU and on ``device``, float32; float16 overflow on ``device``."""
     from builders import planted_gpt2
@@ -139,15 +193,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--peak", choices=("loaded", "bare", "bare_eager", "capture", "head_statistics"),
+                    help=argparse.SUPPRESS)  # one run of peaks(), in its own process
+    ap.add_argument("--tokens", type=int, default=128, help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         lm = load(args.model, device=device)
     except MassactError as e:
-        print(f"{args.model} is not on this machine ({e}); timing its architecture with random weights")
+        if args.peak is None:
+            print(f"{args.model} is not on this machine ({e}); timing its architecture with random weights")
         lm = smollm2_shaped(device)
+    if args.peak:
+        print(json.dumps(peak(lm, args.peak, args.tokens)))
+        return 0
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": lm.name,
               "torch": torch.__version__, "ratios": ratios(lm)}
+    if not args.no_memory:
+        report["peak_memory"] = peaks(args.model)
     if device == "cuda":
         report["cpu_vs_gpu"] = same_verdicts(device)
     print(json.dumps(report, indent=1))
