@@ -162,7 +162,8 @@ class Engine:
                 (lm.spec, base.same_pass(corpus)), [])):
             return None
         got = self.run(lm, corpus, base, n=n).select(torch.arange(start, n))  # extended when it holds fewer
-        return layer, got.stat(kept, "resume"), {p: {s: got.stat(p, s) for s in produced(ss)} for p, ss in early.items()}
+        early_stats = {p: {s: got.stat(p, s) for s in produced(ss)} for p, ss in early.items()}
+        return layer, got.stat(kept, "resume"), early_stats
 
     def _run(self, lm: LoadedModel, corpus: Corpus, request: Request, wants: dict[str, frozenset[str]],
              start: int, n: int) -> PassResult:

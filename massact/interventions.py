@@ -96,7 +96,7 @@ class PruneHeads(HookIntervention):
 
     @property
     def first_layer(self) -> int:
-        return min(l for l, _ in self.heads)
+        return min((l for l, _ in self.heads), default=0)
 
     @property
     def key(self) -> str:
@@ -130,7 +130,7 @@ class SetActivations(HookIntervention):
 
     @property
     def first_layer(self) -> int:
-        return min(l for l, *_ in self.entries)
+        return min((l for l, *_ in self.entries), default=0)
 
     @property
     def key(self) -> str:

@@ -29,15 +29,22 @@ class _Chars:
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
 
-@pytest.fixture
-def setup():
-    model = tiny_model("llama")
-    lm = LoadedModel(spec="tiny", name="tiny", model=model, tokenizer=_Chars(), adapter=adapter_for(model.config),
+def _engine_on(arch: str):
+    """A tiny model of ``arch``, the corpus settings, an engine over N fixed samples, and its progress lines."""
+    model = tiny_model(arch)
+    lm = LoadedModel(spec=arch, name=arch, model=model, tokenizer=_Chars(), adapter=adapter_for(model.config),
                      dtype="float32", device="cpu")
     corpus = load_corpus(CorpusSettings(seqlen=T))
-    engine = Engine(batch_size=4)
-    engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T), generator=torch.Generator().manual_seed(0))
-    return lm, corpus, engine
+    lines: list[str] = []
+    engine = Engine(batch_size=4, progress=lambda line, final=False: lines.append(line))
+    engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T),
+                                                                generator=torch.Generator().manual_seed(0))
+    return lm, corpus, engine, lines
+
+
+@pytest.fixture
+def setup():
+    return _engine_on("llama")[:3]
 
 
 def test_requests_with_different_statistics_planned_together_share_one_pass(setup) -> None:
@@ -157,23 +164,14 @@ def test_long_documents_and_passkey_prompts() -> None:
 RESUME = want("block.*", "resume")
 
 
-def _engine_on(arch: str):
-    model = tiny_model(arch)
-    lm = LoadedModel(spec=arch, name=arch, model=model, tokenizer=_Chars(), adapter=adapter_for(model.config),
-                     dtype="float32", device="cpu")
-    corpus = load_corpus(CorpusSettings(seqlen=T))
-    lines: list[str] = []
-    engine = Engine(batch_size=4, progress=lambda line, final=False: lines.append(line))
-    engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T), generator=torch.Generator().manual_seed(0))
-    return lm, corpus, engine, lines
-
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
 @pytest.mark.parametrize("intervention", [PruneHeads(((1, 2),)), SetActivations(((1, 3, 5, 100.0),))],
                          ids=["prune", "set"])
 def test_a_pass_resumed_from_the_kept_residual_stream_equals_a_full_one(arch, intervention) -> None:
     lm, corpus, engine, lines = _engine_on(arch)
-    every = PROFILE | want("mlp.*.input", "token_max") | (want(LOSS_POINT, "loss") if lm.adapter.is_decoder else PROFILE)
+    loss = want(LOSS_POINT, "loss") if lm.adapter.is_decoder else PROFILE  # encoders have no loss
+    every = PROFILE | want("mlp.*.input", "token_max") | loss
     engine.plan(lm, corpus, [(every, N), (RESUME, N)])
     base = engine.run(lm, corpus, every, n=N)
     resumed = engine.run(lm, corpus, every.under(intervention), n=N)
@@ -194,14 +192,13 @@ def test_a_pass_resumed_from_the_kept_residual_stream_equals_a_full_one(arch, in
     assert not torch.equal(resumed.stat("block.1", "top_abs"), base.stat("block.1", "top_abs"))
 
 
-def test_a_pass_resumes_only_from_a_pass_that_kept_the_stream(setup) -> None:
-    lm, corpus, engine = setup
-    lines: list[str] = []
-    engine.progress = lambda line, final=False: lines.append(line)
+def test_a_pass_resumes_only_from_a_pass_that_kept_the_stream() -> None:
+    lm, corpus, engine, lines = _engine_on("llama")
     engine.run(lm, corpus, PROFILE, n=N)  # nothing kept
     engine.run(lm, corpus, PROFILE.under(PruneHeads(((1, 0),))), n=N)
     assert engine.n_passes == 2 and not any("resumed" in line for line in lines)
     engine.run(lm, corpus, PROFILE.under(ZeroMLP()), n=N)  # changes block 0: never resumes
+    assert PruneHeads(()).first_layer == SetActivations(()).first_layer == 0  # nothing to skip to
     engine.run(lm, corpus, PROFILE | RESUME, n=N)
     engine.run(lm, corpus, want("attn.1", "entropy").under(PruneHeads(((1, 1),))), n=N)  # eager: another pass kind
     assert not any("resumed" in line for line in lines)

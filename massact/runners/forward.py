@@ -37,7 +37,7 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     start = time.perf_counter()
     # the resumed block's input first, then the intervention's hooks: hooks on one module run in
     # registration order, and a point on an intervened module must record what the intervention left there
-    with torch.no_grad(), resumed(lm.model, lm.adapter, resume and resume[0], state_ref), \
+    with torch.no_grad(), resumed(lm.model, lm.adapter, resume[0] if resume else None, state_ref), \
             intervention.applied(lm.model, lm.adapter), eager_attention(lm.model, eager):
         with capture(lm.model, lm.adapter, hooked, mask_ref=mask_ref,
                      make_reducers=lambda p: reducers_for(wants[p.name])) as reducers:
