@@ -46,16 +46,20 @@ def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[st
             cache, nll, row, at = policy.cache(), [], [], 0
             t0 = time.perf_counter()
             for cut in cuts:
-                logits = lm.model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True).logits
-                targets = x[:, at + 1:cut + 1]  # the token after each position, where there is one
-                logp = torch.log_softmax(logits[:, :targets.shape[1]].float(), dim=-1)
-                nll.append(-logp.gather(2, targets[..., None]).squeeze(2))
+                lo, hi = max(at, start - 1), min(cut, T - 1)  # the positions whose next token the loss reads
+                if hi > lo:  # the output head for those alone: the rest of the chunk only fills the cache
+                    logits = lm.model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True,
+                                      logits_to_keep=cut - lo).logits[:, :hi - lo]
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    nll.append(-logp.gather(2, x[:, lo + 1:hi + 1, None]).squeeze(2))
+                else:
+                    lm.model.base_model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True)
                 at = cut
                 if cut in checkpoints:
                     cache.compact()
                     row.append(cache.nbytes() / len(x))  # per sequence of the batch
             seconds += [(time.perf_counter() - t0) / len(x)] * len(x)
-            losses.append(torch.cat(nll, dim=1)[:, start - 1:].double().mean(1).cpu())
+            losses.append(torch.cat(nll, dim=1).double().mean(1).cpu())
             held += [row] * len(x)
             progress(f"{min(b + batch_size, len(ids))}/{len(ids)} samples")
     out = {LOSS_POINT: {"loss": torch.cat(losses)},
@@ -74,8 +78,11 @@ def run_generate(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[
         for b in range(0, len(ids), batch_size):
             x = ids[b:b + batch_size].to(lm.device)
             cache = policy.cache()
-            for at in range(0, x.shape[1], chunk):
-                logits = lm.model(input_ids=x[:, at:at + chunk], past_key_values=cache, use_cache=True).logits
+            starts = range(0, x.shape[1], chunk)
+            for at in starts[:-1]:  # the prompt's chunks but the last only fill the cache
+                lm.model.base_model(input_ids=x[:, at:at + chunk], past_key_values=cache, use_cache=True)
+            logits = lm.model(input_ids=x[:, starts[-1]:], past_key_values=cache, use_cache=True,
+                              logits_to_keep=1).logits
             steps = [logits[:, -1].argmax(-1)]
             t0 = time.perf_counter()
             for _ in range(new_tokens - 1):
