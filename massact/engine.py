@@ -96,6 +96,7 @@ class Engine:
         self.n_passes = 0
         self.samples_run = 0
         self.seconds = 0.0
+        self.log: list[dict] = []  # one record per pass run: what it ran and how long it took
 
     def plan(self, lm: LoadedModel, corpus: Corpus, requests: Iterable[tuple[Request, int]]) -> None:
         """Announce requests (with their sample counts) that claims will make: the first pass of
@@ -190,4 +191,9 @@ class Engine:
         self.n_passes += 1
         self.samples_run += len(ids)
         self.seconds += seconds
+        self.log.append({"model": lm.spec, "pass": request.describe(), "mode": request.mode,
+                         "intervention": request.intervention.key, "eager": request.eager,
+                         "loss": "loss" in wants.get(LOSS_POINT, ()), "samples": len(ids), "tokens": ids.shape[1],
+                         "batch_size": self.batch_size, "resumed_at": prefix[0] if prefix else None,
+                         "options": dict(request.options), "seconds": round(seconds, 3)})
         return PassResult(request=request, points=points, all_input_ids=ids)

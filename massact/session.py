@@ -86,4 +86,4 @@ class Session:
 
     def engine_info(self) -> dict:
         e = self.engine
-        return {"passes": e.n_passes, "samples": e.samples_run, "seconds": e.seconds}
+        return {"passes": e.n_passes, "samples": e.samples_run, "seconds": e.seconds, "log": e.log}

@@ -204,6 +204,11 @@ def test_a_pass_resumes_only_from_a_pass_that_kept_the_stream() -> None:
     assert not any("resumed" in line for line in lines)
     r = engine.run(lm, corpus, PROFILE.under(PruneHeads(((1, 1),))), n=N)
     assert "resumed at block 1" in lines[-1] and r.n == N
+    # the pass log says what each pass ran: a replay without the harness reads it (benchmarks/replay.py)
+    assert [p["resumed_at"] for p in engine.log] == [None] * 5 + [1]
+    assert engine.log[-1]["intervention"] == PruneHeads(((1, 1),)).key and engine.log[-1]["samples"] == N
+    assert [p["eager"] for p in engine.log] == [False] * 4 + [True, False]
+    assert sum(p["seconds"] for p in engine.log) == pytest.approx(engine.seconds, abs=0.01)
 
 
 def test_the_kept_stream_is_on_disk_and_read_bit_for_bit(setup) -> None:

@@ -287,6 +287,8 @@ def _comparable(doc: dict) -> dict:
     out = {k: v for k, v in doc.items() if k not in drop}
     out["results"] = sorted(({k: v for k, v in r.items() if k != "seconds"} for r in doc["results"]),
                             key=lambda r: r["nodeid"])
+    out["passes"] = sorted(json.dumps({k: v for k, v in p.items() if k != "seconds"}, sort_keys=True)
+                           for p in doc["passes"])  # the workers' passes, in any order
     return out
 
 
@@ -296,6 +298,7 @@ def test_xdist_gives_the_results_of_a_serial_run(pytester, claims_dir, tiny_dir)
     parallel = run(pytester, *args, "-n", "2", "--report-dir", "parallel")
     a, b = (json.loads(next((pytester.path / d).glob("*/results.json")).read_text()) for d in ("serial", "parallel"))
     assert len(a["results"]) == len(b["results"]) > 10
+    assert len(a["passes"]) == a["forward_passes"] and sum(p["seconds"] for p in a["passes"]) > 0
     assert _comparable(a) == _comparable(b)
     assert a["complete"] and b["complete"]
     for res, d in ((serial, "serial"), (parallel, "parallel")):

@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA = 3
+SCHEMA = 4
 # schema 2 added fields to the entries; 3: an entry's spec is resolved (absolute path), entries
 # carry their sample count, the run lists the items it did not judge (not_run) and those -k, -m
-# or --deselect left out (deselected). Older baselines still compare.
-READABLE = (1, 2, 3)
+# or --deselect left out (deselected); 4: the run lists its passes (what each ran, its seconds),
+# which benchmarks/replay.py replays without the harness. Older baselines still compare.
+READABLE = (1, 2, 3, 4)
 
 
 @dataclass
@@ -179,7 +180,8 @@ class Run:
         specs = {m["label"]: spec for spec, m in self.models.items() if m.get("label")}
         return {"schema": SCHEMA, "complete": complete, **self.provenance, "wall_seconds": round(wall_seconds, 1),
                 "forward_passes": sum(e["passes"] for e in engines), "samples_run": sum(e["samples"] for e in engines),
-                "pass_seconds": round(sum(e["seconds"] for e in engines), 1), "corpus": self.corpus,
+                "pass_seconds": round(sum(e["seconds"] for e in engines), 1),
+                "passes": [p for e in engines for p in e.get("log", [])], "corpus": self.corpus,
                 "models": self.models, "results": self.results,
                 "not_run": [item_of(n, specs) for n in self.missing()],
                 "deselected": [item_of(n, specs) for n in sorted(self.deselected)]}
