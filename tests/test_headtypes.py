@@ -51,6 +51,14 @@ def test_previous_token_attention_is_local_without_the_query() -> None:
     assert p["rel"][0, 0, 1].item() == pytest.approx((T - 1) / T, abs=1e-3)
 
 
+def test_the_entropy_summed_by_blocks_of_queries_is_the_whole_rows() -> None:
+    n = 2 * ht.QUERY_BLOCK + 37  # blocks of the block size and a shorter last one
+    scores = torch.randn(2, 3, n, n, generator=torch.Generator().manual_seed(0)) * 3
+    a = torch.softmax(scores.masked_fill(~torch.ones(n, n).tril().bool(), float("-inf")), dim=-1)
+    whole = torch.special.entr(a).sum(-1).mean(-1)
+    assert torch.allclose(ht.attention_profile(a)["entropy"], whole, rtol=1e-6)
+
+
 def stats(entropy: float, sink: float, local: float, uniformity: float = 1.0, rel=None) -> ht.HeadStats:
     return ht.HeadStats(0, 0, entropy, 0.0, 0.5, {"sink": sink, "recent": 0.1, "local": local, "global": 0.0},
                         sink, uniformity, rel or [0.0] * 64)

@@ -18,11 +18,13 @@ TYPES = ("sink_positional", "true_positional", "sink_mixed", "gathering", "mixed
 SINK_SIZE, LOCAL_WINDOW, RECENT_RATIO, REL_BINS = 4, 8, 0.1, 64
 LOW_H, HIGH_H, DEAD_KL, HIGH_LOCAL, HIGH_SINK = 1.5, 3.0, 0.1, 0.6, 0.3
 EPS = 1e-10
+QUERY_BLOCK = 256  # queries per block when summing a log a over the keys a causal query can see
 
 
 def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LOCAL_WINDOW,
                       recent_ratio: float = RECENT_RATIO, bins: int = REL_BINS) -> dict[str, torch.Tensor]:
-    """Per sample and head, the means over queries of causal attention probabilities a (B, H, T, T).
+    """Per sample and head, the means over queries of causal attention probabilities a (B, H, T, T)
+    (zero above the diagonal: a query reads no later key).
 
     entropy, max, sink (keys < sink), recent (keys >= int(0.9 T)), rel (B, H, bins): rel[d] the mean
     over queries of a[q, q - d]; local (keys q-local..q, the query included, as the document did) and
@@ -31,8 +33,11 @@ def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LO
     a = a.detach().float()
     B, H, T, K = a.shape
     # (B, H, T): sum_k a log a, zero where a is zero. The document writes a log(a + 1e-10); over a row
-    # the two differ by at most T x 1e-10, below float32's resolution of sums of this size
-    plogp = -torch.special.entr(a).sum(-1)
+    # the two differ by at most T x 1e-10, below float32's resolution of sums of this size. Summed by
+    # blocks of queries over the keys up to the block's last query: the keys above the diagonal hold
+    # zeros, which add nothing, and skipping them roughly halves the cost of the costliest statistic
+    plogp = torch.cat([-torch.special.entr(a[..., i:i + QUERY_BLOCK, :i + QUERY_BLOCK]).sum(-1)
+                       for i in range(0, T, QUERY_BLOCK)], dim=-1)
     rel = torch.stack([torch.diagonal(a, offset=-d, dim1=-2, dim2=-1).sum(-1) if d < T else a.new_zeros(B, H)
                        for d in range(bins)], dim=-1) / T  # (B, H, bins)
     q = torch.arange(T, dtype=torch.float32, device=a.device)
