@@ -51,17 +51,21 @@ def smollm2_shaped(device: str) -> LoadedModel:
                        tokenizer=None, adapter=adapter_for(config), dtype="float32", device=device)
 
 
-def timed(fn, rounds: int = 3) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def paired(fn, base, rounds: int = 7) -> float:
+    """The median over ``rounds`` of fn's time over base's, each round timing the two back to back (after
+    one untimed call of each): a machine whose speed drifts during the benchmark moves both alike."""
+    fn(), base()
+    return statistics.median(timed(fn) / timed(base) for _ in range(rounds))
 
 
 def ratios(lm: LoadedModel) -> dict:
@@ -76,9 +80,8 @@ def ratios(lm: LoadedModel) -> dict:
                 for i in range(0, n, 4):
                     lm.model.base_model(input_ids=ids[i:i + 4])
 
-        base = timed(plain)
-        cap = timed(lambda: Engine(batch_size=4).run(lm, corpus, PROFILE.on(source), n=n))
-        out[f"capture_{T}"] = round(cap / base, 3)
+        out[f"capture_{T}"] = round(paired(lambda: Engine(batch_size=4).run(lm, corpus, PROFILE.on(source), n=n),
+                                           plain), 3)
     from massact.checks.headtypes import HEAD_PROFILE
 
     source = RepeatedRandom(2048, repeats=1, samples=1)
@@ -88,8 +91,8 @@ def ratios(lm: LoadedModel) -> dict:
         with eager_attention(lm.model, True), torch.no_grad():
             lm.model.base_model(input_ids=ids)
 
-    out["head_statistics_2048"] = round(timed(lambda: Engine(batch_size=1).run(
-        lm, corpus, want("attn.*", *HEAD_PROFILE).on(source), n=1)) / timed(eager), 3)
+    out["head_statistics_2048"] = round(paired(lambda: Engine(batch_size=1).run(
+        lm, corpus, want("attn.*", *HEAD_PROFILE).on(source), n=1), eager, rounds=3), 3)
     L, H, K = lm.n_layers, lm.adapter.n_heads(lm.config), lm.adapter.n_kv_heads(lm.config)
     # a head-aware-shaped plan: a third of the KV heads full, the rest sink 4 + window 24
     shaped = Plan("shaped", tuple(tuple(FULL if (h // (H // K)) % 3 == 0 else Budget(4, 24) for h in range(H))
