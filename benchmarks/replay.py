@@ -33,7 +33,7 @@ import torch
 
 from massact.models import LoadedModel, load
 from massact.report.results import read_results
-from massact.runners.forward import eager_attention, resumed
+from massact.runners.forward import eager_attention, resumed, token_nll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,10 +52,6 @@ def claims_run(model: str, keyword: str | None) -> Path:
     return found[-1]
 
 
-def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None]).squeeze(2)
-
-
 def plain_forward(lm: LoadedModel, ids: torch.Tensor, p: dict) -> torch.Tensor | None:
     """The pass as a hand-written loop; the mean next-token NLL per sample where it read the loss."""
     loss = p["loss"] and lm.adapter.is_decoder
@@ -68,7 +64,7 @@ def plain_forward(lm: LoadedModel, ids: torch.Tensor, p: dict) -> torch.Tensor |
                 state["states"] = torch.zeros(*b.shape, lm.hidden_size, dtype=lm.model.dtype, device=lm.device)
             out = model(input_ids=b)
             if loss:
-                losses.append(nll(out.logits[:, :-1], b[:, 1:]).double().mean(1))
+                losses.append(token_nll(out.logits[:, :-1], b[:, 1:]).double().mean(1))
     return torch.cat(losses) if losses else None
 
 
@@ -86,7 +82,7 @@ def plain_decode(lm: LoadedModel, ids: torch.Tensor, p: dict) -> torch.Tensor:
                 if hi > lo:
                     out = lm.model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True,
                                    logits_to_keep=cut - lo)
-                    read.append(nll(out.logits[:, :hi - lo], x[:, lo + 1:hi + 1]))
+                    read.append(token_nll(out.logits[:, :hi - lo], x[:, lo + 1:hi + 1]))
                 else:
                     out = lm.model.base_model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True)
                 cache, at = out.past_key_values, cut

@@ -93,10 +93,19 @@ class Engine:
         self.passes: dict[tuple, list[_Cached]] = {}  # (model, same_pass) -> passes
         self.planned: dict[tuple, tuple[Request, int]] = {}  # (model, same_pass) -> merged request, samples
         self.inputs: dict[tuple[str, str], torch.Tensor] = {}  # (model, source key) -> every sample's ids
-        self.n_passes = 0
-        self.samples_run = 0
-        self.seconds = 0.0
         self.log: list[dict] = []  # one record per pass run: what it ran and how long it took
+
+    @property
+    def n_passes(self) -> int:
+        return len(self.log)
+
+    @property
+    def samples_run(self) -> int:
+        return sum(p["samples"] for p in self.log)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p["seconds"] for p in self.log)
 
     def plan(self, lm: LoadedModel, corpus: Corpus, requests: Iterable[tuple[Request, int]]) -> None:
         """Announce requests (with their sample counts) that claims will make: the first pass of
@@ -188,9 +197,6 @@ class Engine:
         seconds = time.perf_counter() - t0
         self.progress(f"pass {label}: {len(ids)} samples x {ids.shape[1]} tokens in {seconds:.1f} s "
                       f"({ids.numel() / seconds:.0f} tok/s)", final=True)
-        self.n_passes += 1
-        self.samples_run += len(ids)
-        self.seconds += seconds
         self.log.append({"model": lm.spec, "pass": request.describe(), "mode": request.mode,
                          "intervention": request.intervention.key, "eager": request.eager,
                          "loss": "loss" in wants.get(LOSS_POINT, ()), "samples": len(ids), "tokens": ids.shape[1],

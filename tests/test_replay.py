@@ -17,7 +17,7 @@ from massact.kvcache import KVPolicy, full_plan
 from massact.models import LoadedModel
 from massact.requests import KV_POINT, LOSS_POINT, TEXT, Request, want
 from massact.runners.decode import run_decode, run_generate
-from massact.runners.forward import run_forward
+from massact.runners.forward import run_forward, token_nll
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import replay  # noqa: E402
@@ -48,7 +48,7 @@ def test_the_plain_loops_compute_what_the_passes_compute(arch) -> None:
                          progress=quiet, **options)[LOSS_POINT]["loss"]
     plain = replay.plain_decode(lm, ids, p)
     with torch.no_grad():  # the whole sequence at once, no cache: the loss from position 9 on
-        whole = replay.nll(lm.model(input_ids=ids).logits[:, 8:-1], ids[:, 9:]).double().mean(1)
+        whole = token_nll(lm.model(input_ids=ids).logits[:, 8:-1], ids[:, 9:]).double().mean(1)
     assert torch.allclose(harness, whole, atol=1e-5) and torch.allclose(plain, whole, atol=1e-5)
 
     gen = {"batch_size": 2, "options": {"chunk": 7, "new_tokens": 5}}

@@ -16,6 +16,7 @@ import torch
 from massact.kvcache import KVPlanError, KVPolicy
 from massact.models import LoadedModel
 from massact.requests import KV_POINT, LOSS_POINT
+from massact.runners.forward import token_nll
 
 
 def _policy(lm: LoadedModel, intervention) -> KVPolicy:
@@ -49,9 +50,8 @@ def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[st
                 lo, hi = max(at, start - 1), min(cut, T - 1)  # the positions whose next token the loss reads
                 if hi > lo:  # the output head for those alone: the rest of the chunk only fills the cache
                     logits = lm.model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True,
-                                      logits_to_keep=cut - lo).logits[:, :hi - lo]
-                    logp = torch.log_softmax(logits.float(), dim=-1)
-                    nll.append(-logp.gather(2, x[:, lo + 1:hi + 1, None]).squeeze(2))
+                                      logits_to_keep=cut - lo).logits
+                    nll.append(token_nll(logits[:, :hi - lo], x[:, lo + 1:hi + 1]))
                 else:
                     lm.model.base_model(input_ids=x[:, at:cut], past_key_values=cache, use_cache=True)
                 at = cut

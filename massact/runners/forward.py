@@ -112,9 +112,13 @@ def eager_attention(model, on: bool):
         model.set_attn_implementation(before)
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of each target under the logits before it; logits (B, t, V), targets (B, t)."""
+    return -torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None]).squeeze(2)
+
+
 def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token negative log-likelihood per sample; logits (B, T, V), ids/mask (B, T)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(2, ids[:, 1:, None]).squeeze(2)  # (B, T-1)
+    nll = token_nll(logits[:, :-1], ids[:, 1:])  # (B, T-1)
     m = mask[:, 1:].float()
     return ((nll * m).sum(1) / m.sum(1).clamp(min=1)).double()
