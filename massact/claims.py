@@ -10,29 +10,17 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import scipy.stats
-import torch
-
-from massact.checks import CHECKS, ClaimInvalid, Context
-from massact.checks.base import Condition, Measurement, Outcome, Params
+from massact import verdict
+from massact.checks import CHECKS, Context
+from massact.checks.base import Params
 from massact.errors import ClaimRecordError
 from massact.report.results import Entry
+from massact.verdict import VERDICTS, ClaimInvalid, Condition, Measurement, Outcome
 
-# holds / refuted: the bootstrap intervals lie on one side of the thresholds; inconclusive: one
-# straddles its threshold; non-specific: holds, but so does a control that should not; invalid:
-# cannot be evaluated as written on this model
-VERDICTS = ("holds", "refuted", "inconclusive", "non-specific", "invalid")
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-RESAMPLES = 200  # bootstrap resamples over samples
-CONFIDENCE = 0.95
-# BCa (bias-corrected and accelerated) intervals: the percentile interval under-covers at the 10-50
-# samples the documents used; BCa corrects the bias and skew of the resampled statistic
-METHOD = "BCa"
 # field -> (types it may have, required)
 FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "id": ((str,), True), "variant": ((str,), False), "version": ((int,), True), "source": ((str,), True),
@@ -188,20 +176,12 @@ def conditions(claim: Claim, m: Measurement, o: Outcome) -> list[Condition]:
     return [Condition.on(o.primary, m.bound)] if o.primary and m.bound else []
 
 
-def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed: int = 0) -> Entry:
-    """Measure ``claim`` in ``ctx`` (None for checks of a document's own numbers) and decide.
-
-    The measurement's ``decide`` is evaluated on all samples, then on ``resamples`` bootstrap
-    resamples of them (scipy.stats.bootstrap, BCa intervals). Each condition is judged on the
-    interval of its value: holds when every condition's interval lies on its holding side, refuted
-    when a failing condition's interval lies wholly on the failing side, inconclusive otherwise.
-    A control also satisfies the claim when it does on all samples or in more than 2.5% of the
-    resamples (it is ruled out only as firmly as the claim is established); one that does makes a
-    holding claim non-specific, and is named in the reason whatever the verdict.
-    """
+def judge(claim: Claim, ctx: Context | None, *, resamples: int = verdict.RESAMPLES, seed: int = 0) -> Entry:
+    """Measure ``claim`` in ``ctx`` (None for checks of a document's own numbers) and decide
+    (massact.verdict: the statistics of a verdict, top to bottom)."""
     try:
         m = measure(claim, ctx)
-        o = m.decide(None)
+        o = m.decide(None, None) if m.draws else m.decide(None)
     except ClaimInvalid as e:
         return claim.entry(verdict="invalid", summary=f"not measurable: {e}", reason=str(e))
     missing = [k for k in claim.documented_values if k not in o.values]
@@ -213,23 +193,7 @@ def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed
     if not claim.documented_values and conds and point != all(c.holds(o.values) for c in conds):
         raise AssertionError(f"check {claim.check}: holds={o.holds} disagrees with its conditions "
                              f"{[c.describe() for c in conds]} on {o.values}")
-    verdict, rs, boot, controls = "holds" if point else "refuted", None, {}, dict(o.controls)
-    if m.n > 1 and resamples > 0:
-        if not conds:
-            raise AssertionError(f"check {claim.check} resamples {m.n} samples but states no condition to judge")
-        rs = _bootstrap(m, o, conds, resamples=resamples, seed=seed)
-        boot = {"samples": m.n, "resamples": resamples, "share_holding": rs.share, "confidence": CONFIDENCE,
-                "method": METHOD, "conditions": {c.describe(): s for c, s in zip(conds, rs.sides)}}
-        if rs.control_shares:
-            boot["controls_also_holding"] = rs.control_shares  # share of resamples each control satisfies the claim in
-        if rs.fallback:
-            boot["percentile_fallback"] = rs.fallback
-        if point and any(s != "holds" for s in rs.sides):
-            verdict = "inconclusive"
-        if not point and not any(s == "fails" for c, s in zip(conds, rs.sides) if not c.holds(o.values)):
-            verdict = "inconclusive"
-        controls = {k: same or rs.control_shares[k] > (1 - CONFIDENCE) / 2 for k, same in o.controls.items()}
-    also = [name for name, same in controls.items() if same]
+    j = verdict.judge(m, o, conds, point=point, resamples=resamples, seed=seed)
     reason = o.reason
     if claim.documented_values:
         summary = "; ".join(f"{k}={o.values[k]:.4g} (doc {v:g})" for k, v in claim.documented_values.items())
@@ -239,94 +203,19 @@ def judge(claim: Claim, ctx: Context | None, *, resamples: int = RESAMPLES, seed
             reason = f"outside tolerance ({tol}): {', '.join(off)}"
     else:
         summary = o.summary
-    if rs:
-        summary += f" [{METHOD} {CONFIDENCE:.0%} intervals; {rs.share:.0%} of {resamples} resamples hold]"
-    if verdict == "inconclusive":
-        open_ = [c.describe() for c, s in zip(conds, rs.sides) if s == "straddles"]
-        reason = (f"the {CONFIDENCE:.0%} {METHOD} interval of {', '.join(open_) or 'the deciding value'} straddles "
-                  f"the threshold ({rs.share:.0%} of {resamples} resamples of {m.n} samples hold); more samples "
-                  "(--nsamples) may decide it" + (f"; measured: {o.reason}" if o.reason else ""))
-    if also:
-        said = ", ".join(f"{k} (on all samples)" if o.controls[k] else
-                         f"{k} (in {rs.control_shares[k]:.0%} of resamples)" for k in also)
-        if verdict == "holds":
-            verdict, reason = "non-specific", f"the control(s) {said} also satisfy the claim"
-        else:
-            reason = "; ".join(r for r in (reason, f"the control(s) {said} also satisfy the claim") if r)
-    return claim.entry(verdict=verdict, summary=summary, reason=reason, primary=o.primary, unit=m.unit,
+    if j.bootstrap.get("resamples"):
+        b = j.bootstrap
+        summary += (f" [{verdict.METHOD} {verdict.CONFIDENCE:.0%} intervals over {b['units']} {b['unit']}s; "
+                    f"{b['share_holding']:.0%} of {b['resamples']} resamples hold]")
+    if j.verdict in ("inconclusive", "non-specific") and j.reason:
+        reason = j.reason + (f"; measured: {reason}" if reason and j.verdict == "inconclusive" else "")
+    elif j.reason:
+        reason = "; ".join(r for r in (reason, j.reason) if r)
+    return claim.entry(verdict=j.verdict, summary=summary, reason=reason, primary=o.primary, unit=m.unit,
                        bound=None if claim.documented_values else m.bound, values=o.values,
-                       intervals=rs.intervals if rs else {}, bootstrap=boot, controls=controls,
+                       intervals=j.intervals, bootstrap=j.bootstrap, controls=j.controls,
                        selections=m.selections, details=m.details, figures=[f.to_dict() for f in m.figures],
                        artifacts=m.artifacts)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class Resampled:
-    share: float  # of resamples on which every condition holds
-    intervals: dict[str, list[float]]  # value -> 95% interval (BCa; percentile where BCa is undefined)
-    sides: list[str]  # per condition: where its value's interval lies ("holds", "fails", "straddles")
-    fallback: list[str]  # the values whose interval is the percentile one
-    control_shares: dict[str, float]  # control -> share of resamples on which it also satisfies the claim
-
-
-def _bootstrap(m: Measurement, o: Outcome, conds: list[Condition], *, resamples: int, seed: int) -> Resampled:
-    """Resample the samples (scipy.stats.bootstrap, BCa) and evaluate ``decide`` on each resample.
-
-    A condition whose value is missing in some resample (or whose interval is undefined) is placed
-    by the share of resamples it holds in: "holds" above 97.5%, "fails" below 2.5%.
-    """
-    signed = [k for k, v in o.values.items() if _number(v)]
-    # a condition on |value| is judged on the interval of |value|: a value whose sign varies between
-    # resamples (the largest change, up or down) has a signed interval spanning 0 that says nothing of |value|
-    magnitudes = sorted({c.value for c in conds if c.abs and c.value in signed})
-    names = signed + [f"|{k}|" for k in magnitudes]
-    ctl = list(o.controls)
-
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        try:
-            out = m.decide(torch.as_tensor(idx, dtype=torch.long))
-        except ClaimInvalid:  # a resample on which the claim cannot be evaluated: nothing holds
-            return np.array([math.nan] * len(names) + [0.0] * (len(conds) + len(ctl) + 1))
-        vals = [float(out.values[k]) if _number(out.values.get(k)) else math.nan for k in signed]
-        vals += [abs(float(out.values[k])) if _number(out.values.get(k)) else math.nan for k in magnitudes]
-        held = [float(c.holds(out.values)) for c in conds]
-        return np.array(vals + held + [float(out.controls.get(k, False)) for k in ctl] + [float(all(held))])
-
-    with warnings.catch_warnings():  # degenerate columns (constant values, indicators) give nan: handled below
-        warnings.simplefilter("ignore")
-        res = scipy.stats.bootstrap((np.arange(m.n),), statistic, n_resamples=resamples, method=METHOD,
-                                    confidence_level=CONFIDENCE, vectorized=False, rng=np.random.default_rng(seed))
-    dist = res.bootstrap_distribution  # (values + conditions + controls + 1, resamples)
-    lo, hi = res.confidence_interval
-    tail = (1 - CONFIDENCE) / 2
-    intervals, fallback = {}, []
-    for i, k in enumerate(names):
-        d = dist[i]
-        if np.isnan(d).any():
-            continue  # missing in some resample: no interval
-        if d.min() == d.max():
-            intervals[k] = [float(d[0]), float(d[0])]
-        elif math.isfinite(lo[i]) and math.isfinite(hi[i]):
-            intervals[k] = [float(lo[i]), float(hi[i])]
-        else:  # BCa undefined (jackknife without spread, or every resample on one side of the value)
-            intervals[k] = np.quantile(d, [tail, 1 - tail]).tolist()
-            fallback.append(k)
-    sides = []
-    for j, c in enumerate(conds):
-        if c.abs and f"|{c.value}|" in intervals:  # never the one without: both are nan in the same resamples
-            sides.append(c.side(*intervals[f"|{c.value}|"]))
-        elif c.value in intervals:
-            sides.append(c.side(*intervals[c.value]))
-        else:
-            held = float(dist[len(names) + j].mean())
-            sides.append("holds" if held >= 1 - tail else "fails" if held <= tail else "straddles")
-    first = len(names) + len(conds)
-    return Resampled(float(dist[-1].mean()), intervals, sides, fallback,
-                     {k: float(dist[first + i].mean()) for i, k in enumerate(ctl)})
 
 
 def _within(got: float, doc: float, tol: dict) -> bool:

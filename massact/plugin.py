@@ -29,13 +29,14 @@ from pathlib import Path
 import pytest
 
 from massact import models
-from massact.claims import RESAMPLES, BadRecord, Claim, load_records
+from massact.claims import BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus
 from massact.errors import BadOption, MassactError, ModelUnavailable
 from massact.report import diff, html, terminal
 from massact.report import pytest_html as massact_html
 from massact.report.results import Entry, Run
 from massact.session import Session
+from massact.verdict import RESAMPLES
 
 SESSION = pytest.StashKey[Session]()  # judges claims: in every process that runs items
 LABELS = pytest.StashKey[dict[str, str]]()  # resolved --model spec -> its label, in the order given
@@ -55,6 +56,8 @@ def pytest_addoption(parser):
                 help=f"bootstrap resamples behind each verdict's interval; 0 turns it off (default: {RESAMPLES})")
     g.addoption("--seqlen", type=int, default=128, help="tokens per sample (default: 128)")
     g.addoption("--seed", type=int, default=0, help="seed for choosing samples (default: 0)")
+    g.addoption("--bootstrap-seed", type=int, default=0,
+                help="seed for the bootstrap resamples behind the intervals (default: 0)")
     g.addoption("--bos", action="store_true", help="prepend the BOS (or CLS) token to every sample")
     g.addoption("--device", default="cpu", help="torch device (default: cpu)")
     g.addoption("--device-map", default=None, choices=models.DEVICE_MAPS,
@@ -109,6 +112,7 @@ def pytest_configure(config):
     config.stash[SESSION] = Session(
         corpus=corpus, labels=labels, dtype=config.getoption("dtype"), device=config.getoption("device"),
         placement=placement, batch_size=config.getoption("batch_size"), resamples=config.getoption("resamples"),
+        bootstrap_seed=config.getoption("bootstrap_seed"),
         progress=_progress(config))
     if controller:  # the controller (or a serial run) assembles the results
         config.pluginmanager.register(
@@ -461,6 +465,7 @@ def _provenance(config) -> dict:
     return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": shlex.join([*_launcher(sys.argv[0]), *config.invocation_params.args]),
             "git_commit": commit, "git_dirty": dirty, "resamples": config.getoption("resamples"),
+            "bootstrap_seed": config.getoption("bootstrap_seed"),
             "versions": versions}
 
 

@@ -11,21 +11,22 @@ from pathlib import Path
 
 from massact import models
 from massact.checks import CHECKS, Context
-from massact.claims import RESAMPLES, Claim, judge
+from massact.claims import Claim, judge
 from massact.corpus import Corpus
 from massact.engine import Engine
 from massact.errors import MassactError, ModelLoadError
 from massact.report.results import Entry
+from massact.verdict import RESAMPLES
 
 
 class Session:
     def __init__(self, *, corpus: Corpus, labels: dict[str, str], dtype: str, device: str,
                  placement: models.Placement | None = None, batch_size: int = 4, resamples: int = RESAMPLES,
-                 progress=None):
+                 bootstrap_seed: int = 0, progress=None):
         self.corpus = corpus
         self.labels = labels  # resolved spec -> the label reports show
         self.dtype, self.device, self.placement = dtype, device, placement
-        self.resamples = resamples
+        self.resamples, self.bootstrap_seed = resamples, bootstrap_seed
         self.engine = Engine(batch_size=batch_size, progress=progress)
         self.loaded: dict[str, models.LoadedModel | Exception] = {}
         self.planned: set[str] = set()
@@ -66,9 +67,11 @@ class Session:
         self.engine.plan(self.model(spec), self.corpus,
                          [(req, self.samples_for(c)) for c in claims for req in CHECKS[c.check].needs(c.params)])
 
-    def judge(self, claim: Claim, spec: str | None) -> Entry:
+    def judge(self, claim: Claim, spec: str | None, *, seed: int | None = None) -> Entry:
+        """The claim judged on ``spec`` (None: a document's own numbers); ``seed``: the bootstrap's, if
+        not the session's."""
         ctx = Context(self.model(spec), self.corpus, self.engine, n=self.samples_for(claim)) if spec else None
-        return judge(claim, ctx, resamples=self.resamples)
+        return judge(claim, ctx, resamples=self.resamples, seed=self.bootstrap_seed if seed is None else seed)
 
     def model_info(self, spec: str) -> dict:
         """What results.json says about a model: how it was loaded, or why it was not."""

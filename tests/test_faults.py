@@ -221,7 +221,8 @@ def test_without_a_fault_the_run_is_green(pytester, model_dir, monkeypatch):
     res, state = run_with(pytester, model_dir, "none", monkeypatch=monkeypatch)
     doc = check(pytester, res, state, exit=0, message="1 documented-value forms skipped", complete=True)
     assert state["models"] and state["models"][0]["attn_at_load"] == "sdpa"  # the eager pass switched it and back
-    assert {r["verdict"] for r in doc["results"]} == {"refuted", "skipped"}
+    # two samples are fewer independent units than an interval needs: every verdict is inconclusive
+    assert {r["verdict"] for r in doc["results"]} == {"inconclusive", "skipped"}
 
 
 @pytest.mark.parametrize("stage", ["load", "hook", "check", "bootstrap"])

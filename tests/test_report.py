@@ -44,7 +44,7 @@ def synthetic_doc() -> dict:
     results = [
         verdict("massive.exists", "holds", primary="margin", value=8.3,
                 details={"profile": profile, "massive_layers": list(range(2, L - 1))}),
-        verdict("massive.emergence", "inconclusive", primary="jump", value=62.5, controls={"random init": False}),
+        verdict("massive.emergence", "inconclusive", primary="jump", value=62.5, controls={"random init": "ruled out"}),
         verdict("ablate.attention_all", "refuted", primary="worst_change", value=0.28, expected="refuted",
                 details={"layers": [2, 3], "baseline_top1": top1, "ablated_top1": [t * 1.2 for t in top1]}),
         verdict("ablate.mlp_all", "holds", primary="worst_change", value=-0.99,
@@ -52,7 +52,7 @@ def synthetic_doc() -> dict:
         verdict("mlp.checkpoints", "holds", primary="factor", value=41.0,
                 details={"layer": 2, "checkpoints": {"input": {"max": 3.1, "median": 0.4}, "pre_act": {"max": 60.0,
                          "median": 0.5}, "act": {"max": 60.0, "median": 0.1}, "output": {"max": 2400.0, "median": 0.2}}}),
-        verdict("svd.projection_r2", "non-specific", primary="r2", value=0.97, controls={"random direction": True},
+        verdict("svd.projection_r2", "non-specific", primary="r2", value=0.97, controls={"random direction": "also holds"},
                 details={"scatter": {"x": [i / 10 for i in range(300)], "y": [2 * i / 10 + (i % 7) for i in range(300)]},
                          "control_scatter": {"random": {"x": [i % 13 for i in range(300)], "y": [i % 5 for i in range(300)]}},
                          "r2": 0.97}),
@@ -145,7 +145,7 @@ def test_claim_sections_carry_figures_values_controls_params_selections(page):
                         r"</article>", page, re.S).group(1)
     body = text(article)
     assert "layer = 11; dim = 507" in body and "the interval is conditional on these" in body
-    assert "v2: fails, as it should" in body and "R^2 1.0000 rests on 64 high-leverage tokens" in body
+    assert "v2: ruled out" in body and "R^2 1.0000 rests on 64 high-leverage tokens" in body
     assert len(svgs(article)) == 1
     ablate = re.search(r'id="item-ablate-attention-all-general-smollm2-135m">(.*?)</article>', page, re.S).group(1)
     assert "values (18)" in ablate and "change.27" in ablate

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.checks.base import (PROFILE, RESUME, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params,
-                                 check, massive_layers, massive_spans, profile, ranges)
+from massact.checks.base import (DRAWS, PROFILE, RESUME, ClaimInvalid, Condition, Context, MassiveDef, Measurement,
+                                 Outcome, Params, check, massive_layers, massive_spans, profile, ranges)
 from massact.checks.heads import ATTENTION, METHOD, scores
 from massact.interventions import BY_NAME, PruneHeads
 from massact.metrics import activations as act
@@ -100,10 +100,15 @@ def _prune_profile(ctx: Context, heads: list[tuple[int, int]], method: str):
     return ctx.run(PROFILE.under(PruneHeads(tuple(heads), PRUNE[method])))
 
 
-def _change(ctx: Context, base_r, pruned_r, idx) -> torch.Tensor:
-    """Per-layer relative change of the mean top-1 when heads are pruned, on samples idx; (L,)."""
-    base, new = profile(base_r.select(idx), ctx.lm.n_layers), profile(pruned_r.select(idx), ctx.lm.n_layers)
-    return act.relative_change(base["top1"], new["top1"])
+def _top1(ctx: Context, r) -> torch.Tensor:
+    """Per-sample top-1 |activation| of every block output; (N, L)."""
+    return torch.stack([r.stat(f"block.{l}", "top_abs")[:, 0].double() for l in range(ctx.lm.n_layers)], dim=1)
+
+
+def _change(base: torch.Tensor, pruned: torch.Tensor, idx) -> torch.Tensor:
+    """Per-layer relative change of the mean top-1 over samples idx: base (N, L), pruned (..., N, L) -> (..., L)."""
+    pick = slice(None) if idx is None else idx
+    return act.relative_change(base[pick].mean(0), pruned[..., pick, :].mean(-2))
 
 
 CONTROLS = {"random": "random_heads", "layer_matched": "layer_matched_random_heads"}  # A3's, by draw kind
@@ -112,7 +117,7 @@ CONTROLS = {"random": "random_heads", "layer_matched": "layer_matched_random_hea
 @dataclass(frozen=True, kw_only=True)
 class TopBottomParams(PruneParams):
     k: int
-    random_draws: int
+    random_draws: int = DRAWS
 
 
 @check(TopBottomParams, needs=[PROFILE, ATTENTION, RESUME])
@@ -120,8 +125,9 @@ def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     """Pruning the k bottom first-token heads moves top-1 more than pruning the k top ones.
 
     Controls: k random heads, and k random heads drawn from the bottom heads' own layers (when
-    those layers have k other heads); either moving top-1 as much as the bottom heads means the
-    ranking picks nothing out.
+    those layers have k other heads), each drawn ``random_draws`` times; either moving top-1 as much
+    as the bottom heads means the ranking picks nothing out. The draws are resampled with the
+    samples, so the spread between draws is in the controls' intervals.
     """
     s = scores(ctx, p.rank_by)  # the ranking, from all of the claim's samples
     L, H = s.shape
@@ -129,88 +135,109 @@ def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     draws = {"random": [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)],
              "layer_matched": [h for d in range(p.random_draws)
                                if (h := hm.layer_matched_heads(bottom, H, seed=d, exclude=top + bottom))]}
-    base_r = ctx.run(PROFILE)
-    pruned = {name: _prune_profile(ctx, heads, p.method) for name, heads in (("top", top), ("bottom", bottom))}
-    pruned_draws = {k: [_prune_profile(ctx, h, p.method) for h in hs] for k, hs in draws.items() if hs}
+    base = _top1(ctx, ctx.run(PROFILE))
+    pruned = {name: _top1(ctx, _prune_profile(ctx, heads, p.method)) for name, heads in (("top", top),
+                                                                                          ("bottom", bottom))}
+    # (draws, N, L) per kind of draw
+    pruned_draws = {k: torch.stack([_top1(ctx, _prune_profile(ctx, h, p.method)) for h in hs])
+                    for k, hs in draws.items() if hs}
 
-    def decide(idx):
-        impact = {name: _change(ctx, base_r, r, idx).abs().mean().item() for name, r in pruned.items()}
-        for k, rs in pruned_draws.items():
-            impact[k] = sum(_change(ctx, base_r, r, idx).abs().mean().item() for r in rs) / len(rs)
+    def decide(idx, didx):
+        impact = {name: float(_change(base, r, idx).abs().mean()) for name, r in pruned.items()}
+        for k, r in pruned_draws.items():  # each draw's mean |change| over layers, averaged over the draws
+            impact[k] = float(_change(base, r if didx is None else r[didx], idx).abs().mean())
         ratio = impact["bottom"] / max(impact["top"], 1e-12)
         matched = (f"{p.k} random heads of the bottom heads' layers {impact['layer_matched']:.3%}"
                    if "layer_matched" in impact else "the bottom heads' layers hold no other heads to match them")
         return Outcome(
             holds=ratio > 1, primary="bottom_over_top",
             summary=f"{p.method}: mean |top-1 change| over layers: top {top} {impact['top']:.3%}, bottom {bottom} "
-                    f"{impact['bottom']:.3%} (x{ratio:.1f}); {p.k} random heads {impact['random']:.3%}; {matched}",
-            values={"bottom_over_top": ratio, **{f"impact.{k}": v for k, v in impact.items()}},
+                    f"{impact['bottom']:.3%} (x{ratio:.1f}); {p.k} random heads {impact['random']:.3%} "
+                    f"(mean of {p.random_draws} draws); {matched}",
+            values={"bottom_over_top": ratio, **{f"impact.{k}": v for k, v in impact.items()},
+                    **{f"{k}_over_bottom": impact[k] / max(impact["bottom"], 1e-12) for k in pruned_draws}},
             # the claim is that the bottom heads matter: other heads that move top-1 as much, anywhere or
             # in the same layers, show that the ranking picks nothing out
-            controls={CONTROLS[k]: impact[k] >= impact["bottom"] for k in pruned_draws})
+            controls={CONTROLS[k]: Condition(f"{k}_over_bottom", ">=", 1.0) for k in pruned_draws})
 
-    changes = {name: _change(ctx, base_r, r, None).tolist() for name, r in pruned.items()}
+    changes = {name: _change(base, r, None).tolist() for name, r in pruned.items()}
     if "layer_matched" in pruned_draws:
-        changes["layer-matched"] = _change(ctx, base_r, pruned_draws["layer_matched"][0], None).tolist()
+        changes["layer-matched"] = _change(base, pruned_draws["layer_matched"], None).mean(0).tolist()
     return Measurement(
-        decide, n=base_r.n, unit="x", bound={"op": ">", "value": 1.0, "abs": False},
+        decide, n=len(base), draws=p.random_draws, unit="x", bound={"op": ">", "value": 1.0, "abs": False},
         selections={"top heads": top, "bottom heads": bottom, "random heads": draws["random"],
                     "layer-matched heads": draws["layer_matched"] or "none: the bottom heads' layers have no others",
-                    "ranked by": f"first-token attention ({p.rank_by}) over all {base_r.n} samples"},
+                    "ranked by": f"first-token attention ({p.rank_by}) over all {len(base)} samples"},
         details={"top": top, "bottom": bottom, "draws": draws},
         figures=[fig.Bars(title=f"{ctx.lm.name}: top-1 change per layer when heads are pruned ({p.method})",
                           categories=[str(l) for l in range(L)],
                           series={f"{name} {p.k}": v for name, v in changes.items()}, x_label="layer",
                           y_label="relative change of mean top-1", unit="%",
                           caption=f"top heads {top}, bottom heads {bottom} by first-token attention; layer-matched: "
-                                  f"the first draw of random heads of the bottom heads' layers")])
+                                  f"the mean over {p.random_draws} draws of random heads of the bottom heads' layers")])
 
 
 @dataclass(frozen=True, kw_only=True)
 class SingleHeadParams(PruneParams, MassiveDef):
     n_heads: int
     bound: float
+    random_draws: int = DRAWS
 
 
 @check(SingleHeadParams, needs=[PROFILE, ATTENTION, RESUME])
 def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
     """Pruning one of the top first-token heads leaves its own layer's top-1 within ``bound``.
 
-    Control: as many heads of the emergence layer, each pruned alone; if they too leave their
-    layer's top-1 within ``bound``, no single head matters and the claim picks nothing out.
+    Control: ``n_heads`` other heads of the emergence layer, each pruned alone, drawn ``random_draws``
+    times from that layer's heads; if they too leave their layer's top-1 within ``bound``, no single
+    head matters and the claim picks nothing out.
     """
     heads = hm.ranked(scores(ctx, p.rank_by), p.n_heads)
     base_r = ctx.run(PROFILE)
+    base = _top1(ctx, base_r)
     prof = profile(base_r, ctx.lm.n_layers)
     layer = act.emergence_layer(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio)
     H = ctx.lm.adapter.n_heads(ctx.lm.config)
-    control = (None if layer is None else
-               hm.layer_matched_heads([(layer, 0)] * p.n_heads, H, seed=0, exclude=heads)) or []
-    no_control = "no massive layer" if layer is None else f"layer {layer} has no {p.n_heads} heads besides the top ones"
-    pruned = {(l, h): _prune_profile(ctx, [(l, h)], p.method) for l, h in heads + control}
+    pool = [] if layer is None else [(layer, h) for h in range(H) if (layer, h) not in heads]
+    if len(pool) < p.n_heads:
+        pool = []
+    no_control = ("no massive layer" if layer is None else
+                  f"layer {layer} has no {p.n_heads} heads besides the top ones")
+    draws = [hm.layer_matched_heads([(layer, 0)] * p.n_heads, H, seed=d, exclude=heads) for d in range(p.random_draws)
+             ] if pool else []
+    # one pass per head pruned alone, its own layer's top-1: (N,)
+    alone = {(l, h): _top1(ctx, _prune_profile(ctx, [(l, h)], p.method))[:, l] for l, h in heads + pool}
 
-    def decide(idx):
-        change = {(l, h): float(_change(ctx, base_r, pruned[(l, h)], idx)[l]) for l, h in heads}
-        worst = max(change, key=lambda k: abs(change[k]))
-        ctl = {(l, h): float(_change(ctx, base_r, pruned[(l, h)], idx)[l]) for l, h in control}
-        values = {"worst_change": change[worst], **{f"change.{l}.{h}": v for (l, h), v in (change | ctl).items()}}
-        summary = f"{p.method}: " + ", ".join(f"head {k}: layer {k[0]} top-1 {v:+.3%}" for k, v in change.items())
+    def change(head, idx) -> float:
+        pick = slice(None) if idx is None else idx
+        return float(act.relative_change(base[pick, head[0]].mean(), alone[head][pick].mean()))
+
+    def decide(idx, didx):
+        ch = {k: change(k, idx) for k in heads}
+        worst = max(ch, key=lambda k: abs(ch[k]))
+        values = {"worst_change": ch[worst], **{f"change.{l}.{h}": v for (l, h), v in ch.items()}}
+        summary = f"{p.method}: " + ", ".join(f"head {k}: layer {k[0]} top-1 {v:+.3%}" for k, v in ch.items())
         controls = {}
-        if ctl:
-            values["control_worst_change"] = max(ctl.values(), key=abs)
-            summary += (f"; control, heads of the emergence layer {layer} pruned alone: "
-                        + ", ".join(f"{k} {v:+.3%}" for k, v in ctl.items()))
-            controls["emergence_layer_heads"] = abs(values["control_worst_change"]) < p.bound
+        if draws:
+            ctl = {k: change(k, idx) for k in pool}
+            picked = draws if didx is None else [draws[int(d)] for d in didx]
+            # each draw's worst |change| among its heads, averaged over the draws
+            values["control_worst_change"] = sum(max(abs(ctl[k]) for k in d) for d in picked) / len(picked)
+            values |= {f"change.{l}.{h}": v for (l, h), v in ctl.items()}
+            summary += (f"; control, {p.n_heads} other heads of the emergence layer {layer} pruned alone "
+                        f"({len(draws)} draws): worst |change| {values['control_worst_change']:.3%} on average")
+            controls["emergence_layer_heads"] = Condition("control_worst_change", "<", p.bound)
         else:
             summary += f"; {no_control}: no emergence-layer control"
-        return Outcome(holds=abs(change[worst]) < p.bound, primary="worst_change", summary=summary, values=values,
+        return Outcome(holds=abs(ch[worst]) < p.bound, primary="worst_change", summary=summary, values=values,
                        controls=controls)
 
-    full = decide(None)
-    return Measurement(decide, n=base_r.n, unit="%", bound={"op": "<", "value": p.bound, "abs": True},
+    full = decide(None, None)
+    return Measurement(decide, n=len(base), draws=len(draws), unit="%",
+                       bound={"op": "<", "value": p.bound, "abs": True},
                        selections={"heads": heads, "ranked by": f"first-token attention ({p.rank_by}) over all "
-                                                                 f"{base_r.n} samples",
-                                   "control heads": control or f"none: {no_control}",
+                                                                 f"{len(base)} samples",
+                                   "control heads": draws or f"none: {no_control}",
                                    "emergence layer": layer if layer is not None else "none"},
-                       details={"heads": [list(k) for k in heads], "control_heads": [list(k) for k in control],
+                       details={"heads": [list(k) for k in heads], "control_heads": [list(k) for k in pool],
                                 "change": [full.values[f"change.{l}.{h}"] for l, h in heads]})

@@ -14,26 +14,22 @@ ClaimInvalid.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from massact.corpus import Corpus
 from massact.engine import Engine, PassResult
 from massact.errors import ClaimRecordError
-from massact.figures import Figure, Span
+from massact.figures import Span
 from massact.metrics import activations as act
 from massact.models import LoadedModel
 from massact.requests import Request, want
-
-
-class ClaimInvalid(Exception):
-    """The claim cannot be evaluated as written on this model; the message says why."""
+from massact.verdict import DRAWS, ClaimInvalid, Condition, Measurement, Outcome, fixed  # noqa: F401 (what checks use)
 
 
 @dataclass(frozen=True)
@@ -156,91 +152,7 @@ class AtLayer(MassiveDef):
     dim: int | None = None
 
 
-# ---------------------------------------------------------------- what a check returns
-
-@dataclass
-class Outcome:
-    """The claim evaluated on one set of samples (all of them, or a bootstrap resample)."""
-
-    holds: bool
-    summary: str
-    values: dict[str, float] = field(default_factory=dict)
-    primary: str | None = None  # the value the threshold applies to; reported with its interval
-    # control name -> True when the control *also* satisfies the claim (the claim is non-specific)
-    controls: dict[str, bool] = field(default_factory=dict)
-    reason: str = ""
-
-
-OPS: dict[str, Callable[[float, float], bool]] = {
-    ">": lambda x, t: x > t, ">=": lambda x, t: x >= t, "<": lambda x, t: x < t, "<=": lambda x, t: x <= t}
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One comparison a claim makes: ``values[value] op threshold`` (``|value|`` when ``abs``).
-
-    A value that is missing or nan fails: a claim that cannot be measured is not borne out.
-    """
-
-    value: str
-    op: str
-    threshold: float
-    abs: bool = False
-
-    def __post_init__(self):
-        if self.op not in OPS:
-            raise ValueError(f"op must be one of {sorted(OPS)}, not {self.op!r}")
-
-    @classmethod
-    def on(cls, value: str, bound: dict) -> Condition:
-        """The condition a primary value and a report bound ``{"op", "value", "abs"}`` state."""
-        return cls(value, bound["op"], float(bound["value"]), bool(bound.get("abs", False)))
-
-    def holds(self, values: dict) -> bool:
-        x = values.get(self.value)
-        if not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x):
-            return False
-        return OPS[self.op](abs(x) if self.abs else x, self.threshold)
-
-    def side(self, lo: float, hi: float) -> str:
-        """Where an interval [lo, hi] of the compared quantity (|value| when ``abs``: its own
-        interval, not one read off the signed value's) lies: "holds" (all of it satisfies the
-        condition), "fails" (none of it does) or "straddles"."""
-        ok = OPS[self.op]
-        if ok(lo, self.threshold) and ok(hi, self.threshold):
-            return "holds"
-        if not ok(lo, self.threshold) and not ok(hi, self.threshold):
-            return "fails"
-        return "straddles"
-
-    def describe(self) -> str:
-        return f"{'|' + self.value + '|' if self.abs else self.value} {self.op} {self.threshold:g}"
-
-
-@dataclass
-class Measurement:
-    """Measured once; ``decide`` evaluates the claim on a resample ``idx`` of the ``n`` samples
-    (None: all of them). ``n`` 0: nothing to resample (weights, a document's numbers).
-
-    ``conditions``: the comparisons the claim makes, all of which its Outcome.holds says hold;
-    none given, the primary against ``bound``.
-    """
-
-    decide: Callable[[torch.Tensor | None], Outcome]
-    n: int = 0
-    unit: str = ""  # how the primary is shown: "%" (a fraction), "x" (a factor), "" (plain)
-    bound: dict | None = None  # the threshold on the primary as a number: {"op", "value", "abs"}
-    conditions: list[Condition] = field(default_factory=list)
-    selections: dict = field(default_factory=dict)  # made once from all samples: intervals are conditional on them
-    details: dict = field(default_factory=dict)
-    figures: list[Figure] = field(default_factory=list)
-    artifacts: dict = field(default_factory=dict)  # file name -> JSON content, written beside results.json
-
-
-def fixed(outcome: Outcome, **kw) -> Measurement:
-    """A Measurement with nothing to resample: the same outcome whatever the samples."""
-    return Measurement(decide=lambda idx: outcome, **kw)
-
+# ---------------------------------------------------------------- the registry
 
 @dataclass(frozen=True)
 class Check:
@@ -259,7 +171,7 @@ def check(params: type[Params] = NoParams, *, needs: Sequence[Request] | Callabl
     """Register a check under its function name; ``needs``: the requests it makes whatever the data
     say (or a function of its params giving them), so the engine can merge them before the first pass."""
     def register(fn):
-        need = needs if callable(needs) else (lambda p, fixed=tuple(needs): list(fixed))
+        need = needs if callable(needs) else (lambda p, given=tuple(needs): list(given))
         CHECKS[fn.__name__] = Check(fn, params, need, needs_model, documented_only)
         return fn
     return register

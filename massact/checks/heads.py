@@ -105,7 +105,7 @@ def first_token_scores(ctx: Context, p: FirstTokenParams) -> Measurement:
             summary=f"at {ctx.seqlen} tokens: top-{p.k} heads {top[:5]}...: mean first-token attention "
                     f"{top_mean:.3f}; all {L * H} heads {all_mean:.3f} (what {p.k} random heads give on average); "
                     f"{above:.0%} of heads >= {p.min_top_mean:g}",
-            values=values, controls={"all_heads": all_mean >= p.min_top_mean})
+            values=values, controls={"all_heads": Condition("all_heads_mean", ">=", p.min_top_mean)})
 
     s = hm.head_scores(per_all)
     top, bottom = hm.ranked(s, p.k), hm.ranked(s, p.k, top=False)

@@ -15,7 +15,7 @@ import torch
 
 from massact import figures as fig
 from massact.capture import HEAD_PROFILE
-from massact.checks.base import ClaimInvalid, Context, Measurement, Outcome, Params, check, fixed
+from massact.checks.base import ClaimInvalid, Condition, Context, Measurement, Outcome, Params, check, fixed
 from massact.engine import PassResult
 from massact.metrics import headtypes as ht
 from massact.models import random_init
@@ -38,6 +38,11 @@ class HeadParams(Params):
     @property
     def samples(self) -> int:
         return len(long_documents("statistics")) * (self.length // self.source.chunk)
+
+    @property
+    def documents(self) -> list[int]:
+        """The document of each sample: a document's chunks are not independent, the documents are."""
+        return [i // (self.length // self.source.chunk) for i in range(self.samples)]
 
 
 def statistics_request(p: HeadParams) -> Request:
@@ -157,13 +162,14 @@ def heads_sink_share(ctx: Context, p: SinkShareParams) -> Measurement:
                       f"{v['full_cache_share']:.1%}; random-init weights: keep sinks {rv['sink_share']:.1%}{blind}",
             values={**v, "random_init.sink_share": rv["sink_share"], "heads": len(classes),
                     **{f"count.{t}": counts.get(t, 0) for t in ht.TYPES}},
-            controls={"random_init_weights": rv["sink_share"] > p.min_share},
+            controls={"random_init_weights": Condition("random_init.sink_share", ">", p.min_share)},
             reason="" if v["sink_share"] > p.min_share else
             f"{v['sink_share']:.1%} of heads keep sinks (needs > {p.min_share:.0%})")
 
     stats, classes = classified(per, p.method)
     return Measurement(
-        decide, n=n, unit="%", bound={"op": ">", "value": p.min_share, "abs": False},
+        decide, n=n, groups=p.documents, resampled="document", unit="%",
+        bound={"op": ">", "value": p.min_share, "abs": False},
         details={"summary": ht.summary(classes), "samples": f"{n} samples of {p.source.chunk} tokens"},
         figures=head_figures(ctx, stats, classes, p), artifacts=artifacts(ctx, stats, classes, p))
 

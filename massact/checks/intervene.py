@@ -82,7 +82,7 @@ def zero_vs_mean(ctx: Context, p: ZeroVsMeanParams) -> Measurement:
                     f"entries {[(t, f) for t, f, _ in ordinary]} (baseline ppl "
                     f"{math.exp(float(base_r.select(idx).loss.mean())):.2f})",
             values={"zero_ppl_ratio": z, "mean_ppl_ratio": m, "control_ppl_ratio": c, "layer": layer},
-            controls={"largest_ordinary_entries": c >= p.zero_min_ratio})
+            controls={"largest_ordinary_entries": Condition("control_ppl_ratio", ">=", p.zero_min_ratio)})
 
     x = ratios(None)
     return Measurement(

@@ -9,8 +9,8 @@ import torch
 from massact import figures as fig
 from massact.arch import read_weight
 from massact.capture import ENERGY_FRACS
-from massact.checks.base import (PROFILE, ClaimInvalid, Context, MassiveDef, Measurement, Outcome, Params, check,
-                                 check_layer, fixed, massive_layers, massive_spans, profile, ranges)
+from massact.checks.base import (PROFILE, ClaimInvalid, Condition, Context, MassiveDef, Measurement, Outcome, Params,
+                                 check, check_layer, fixed, massive_layers, massive_spans, profile, ranges)
 from massact.metrics import outliers as out
 from massact.requests import want
 
@@ -74,7 +74,7 @@ def weights_heavy_tailed(ctx: Context, p: HeavyParams) -> Measurement:
     # control: a Gaussian matrix of each size, which must not pass (max |z| grows ~ sqrt(2 ln n))
     g = torch.Generator().manual_seed(0)
     gauss = [k for k, w in mats.items() if _heavy(out.moments(torch.randn(w.numel(), generator=g)), p)]
-    values = {"margin": min(_margin(m, p) for m in stats.values()),
+    values = {"margin": min(_margin(m, p) for m in stats.values()), "gaussian_passing": len(gauss),
               "min_kurtosis": min(m["excess_kurtosis"] for m in stats.values()),
               "min_max_z": min(m["max_z"] for m in stats.values())}
     for k, m in stats.items():
@@ -99,7 +99,7 @@ def weights_heavy_tailed(ctx: Context, p: HeavyParams) -> Measurement:
         holds=not light, primary="margin",
         summary="; ".join(f"{k}: kurtosis {m['excess_kurtosis']:.2f}, max {m['max_z']:.1f} std"
                           for k, m in stats.items()),
-        values=values, controls={"gaussian_same_size": len(gauss) == len(mats)},
+        values=values, controls={"gaussian_same_size": Condition("gaussian_passing", ">=", len(mats))},
         reason=f"not heavy tailed: {', '.join(light)}" if light else ""),
         bound={"op": ">", "value": 1.0, "abs": False},
         details={"matrices": stats, "per_layer_kurtosis": per_layer, "gaussian_passing": gauss}, figures=figures)
@@ -230,5 +230,5 @@ def softmax_amplification(ctx: None, p: SoftmaxParams) -> Measurement:
         summary=f"{k} outliers {list(p.outliers)} take {mass:.5%} of the softmax mass over {p.n} scores "
                 f"~ N({p.mean:g}, {p.std:g}); without outliers those {k} entries take {control:.3%}",
         values={"mass": mass, "control_mass": control},
-        controls={"no_outliers": control >= p.min_mass}), unit="%", bound={"op": ">=", "value": p.min_mass,
+        controls={"no_outliers": Condition("control_mass", ">=", p.min_mass)}), unit="%", bound={"op": ">=", "value": p.min_mass,
                                                                           "abs": False})

@@ -49,7 +49,7 @@ def svd_dominant_direction(ctx: Context, p: DominantParams) -> Measurement:
         values={"layer": layer, "sigma1": float(s[0]), "sigma2": float(s[1]), "ratio": ratio,
                 "median_ratio_all_layers": median_all, "rank": rank},
         # the massive layer is not special when the typical layer also has a dominant direction
-        controls={"other_layers_median": median_all >= p.min_sv_ratio},
+        controls={"other_layers_median": Condition("median_ratio_all_layers", ">=", p.min_sv_ratio)},
         reason="" if holds else f"sigma1/sigma2 {ratio:.2f} < {p.min_sv_ratio:g} at layer {layer}"),
         unit="x", bound={"op": ">=", "value": p.min_sv_ratio, "abs": False}, selections={"layer": layer},
         details={"ratios_by_layer": ratios, "singular_values": s.tolist()},
@@ -141,12 +141,13 @@ def svd_projection_r2(ctx: Context, p: ProjectionParams) -> Measurement:
             suffix = "" if name == "all" else "_robust"
             other, rand_max = float(sing[1:].max()), float(rand.max())
             v[f"r2_other_max{suffix}"], v[f"r2_random_max{suffix}"] = other, rand_max
-            # True: the control scores within ``margin`` of v1 on the same tokens, so v1 is not what explains y
-            on = {f"other_singular_directions.{TOKEN_SETS[name]}": other >= float(sing[0]) - p.margin,
-                  f"random_directions.{TOKEN_SETS[name]}": rand_max >= float(sing[0]) - p.margin}
+            v[f"r2_v1_minus_other{suffix}"], v[f"r2_v1_minus_random{suffix}"] = float(sing[0]) - other, float(sing[0]) - rand_max
+            # the control also satisfies the claim when it scores within ``margin`` of v1 on the same tokens
+            on = {f"other_singular_directions.{TOKEN_SETS[name]}": Condition(f"r2_v1_minus_other{suffix}", "<=", p.margin),
+                  f"random_directions.{TOKEN_SETS[name]}": Condition(f"r2_v1_minus_random{suffix}", "<=", p.margin)}
             controls |= on
             parts.append(f"{tokens}: R^2 on v1 {float(sing[0]):.4f}, v2..v{k} max {other:.4f}, {p.n_random} random "
-                         f"directions max {rand_max:.4f}: {'non-specific' if any(on.values()) else 'specific to v1'}")
+                         f"directions max {rand_max:.4f}: {'non-specific' if any(c.holds(v) for c in on.values()) else 'specific to v1'}")
         failed = [c.describe() for c in conditions if not c.holds(v)]
         return Outcome(
             holds=not failed, primary="r2_min",

@@ -51,7 +51,7 @@ class Entry:
     intervals: dict = field(default_factory=dict)  # value name -> [low, high]
     samples: int | None = None  # samples the item read: the record's own count, or --nsamples
     bootstrap: dict = field(default_factory=dict)  # samples, resamples, share holding, confidence
-    controls: dict = field(default_factory=dict)  # name -> True when the control also satisfies the claim
+    controls: dict = field(default_factory=dict)  # name -> "ruled out", "also holds" or "not ruled out"
     selections: dict = field(default_factory=dict)  # made once from all samples: intervals are conditional on them
     params: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)

@@ -122,8 +122,7 @@ def summary_lines(doc: dict, *, verbose: int = 0, width: int = 120) -> list[str]
         lines.append(_clip(f"{cells} {against}", width - len(note)) + note)
         if verbose >= 1:
             details = [e.get("summary") or "", f"why: {e['reason']}" if e.get("reason") else "",
-                       "controls: " + ", ".join(f"{name} {'also holds' if also else 'fails, as it should'}"
-                                                for name, also in (e.get("controls") or {}).items())
+                       "controls: " + ", ".join(f"{name} {state}" for name, state in (e.get("controls") or {}).items())
                        if e.get("controls") else ""]
             for text in filter(None, details):
                 lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="      ")
