@@ -103,6 +103,17 @@ def test_default_corpus_has_50_samples_of_128(tokenizer) -> None:
     assert len({tuple(r) for r in ids.tolist()}) == 50
 
 
+def test_default_corpus_holds_the_documented_forms_samples() -> None:
+    """The gpt2 documented forms read 30 samples of 1,024 tokens: the bundled text holds more than
+    35,000 tokens under a GPT-2-style byte-level BPE (SmolLM2's tokenizer as the measure)."""
+    from massact.models import load
+
+    tok = load("smollm2-135m").tokenizer
+    ids = samples(_load(seqlen=1024), tok, context=2048)
+    assert len(tok(_load().text, add_special_tokens=False)["input_ids"]) > 35_000
+    assert ids.shape[0] >= 30
+
+
 def test_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="empty"):
         _load(path=str(tmp_path))

@@ -144,15 +144,16 @@ def test_long_documents_and_passkey_prompts() -> None:
 
     lm = SimpleNamespace(tokenizer=char_tokenizer(), context=4096, name="chars")
     corpus = load_corpus(CorpusSettings())
-    assert len(long_documents("statistics")) == len(long_documents("held_out")) == 4
+    docs = len(long_documents("statistics"))
+    assert docs == len(long_documents("held_out")) == 8
     assert not set(long_documents("statistics")) & set(long_documents("held_out"))
     chunks = LongText("statistics", 48, 16).tokens(lm, corpus)
-    assert chunks.shape == (12, 16)  # 4 documents x 3 chunks, each document's first 48 characters
+    assert chunks.shape == (3 * docs, 16)  # 3 chunks of each document's first 48 characters
     first = long_documents("statistics")[0].read_text()[:16]
     assert lm.tokenizer.decode(chunks[0]).replace(" ", "") == first.replace(" ", "")
     probe = Passkey(600, depths=(0.1, 0.5))
     prompts, keys = probe.tokens(lm, corpus), probe.answers()
-    assert prompts.shape == (8, 600) and len(keys) == 8 and all(len(k) == 5 for k in keys)
+    assert prompts.shape == (2 * docs, 600) and len(keys) == 2 * docs and all(len(k) == 5 for k in keys)
     text = lm.tokenizer.decode(prompts[1]).replace(" ", "")
     assert f"secretpasskeyis{keys[1]}" in text and text.endswith("Thesecretpasskeyis")
     assert 0.4 < text.index(keys[1]) / len(text) < 0.6  # planted at half the prompt
