@@ -6,7 +6,7 @@ number can always be traced to the exact tokens it was measured on.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -23,7 +23,8 @@ class CorpusSettings:
     nsamples: int | None = None  # None: each claim reads its record's sample count
     seqlen: int = 128
     seed: int = 0
-    bos: bool = False  # prepend the tokenizer's BOS (or CLS) token to every sample
+    # prepend the BOS (or CLS) token to every sample; None (--bos auto): as each model's tokenizer does
+    bos: bool | None = False
 
     def __post_init__(self):
         if self.nsamples is not None and self.nsamples < 1:
@@ -45,10 +46,25 @@ class Corpus:
     def key(self) -> str:
         """Identifies the sample order; a claim reads a prefix of it, so nsamples is not part of it."""
         s = self.settings
+        if s.bos is None:
+            raise ValueError("the corpus's BOS is decided per model: use Corpus.for_model first")
         return f"{self.name}:{self.sha256[:12]}:T{s.seqlen}:seed{s.seed}:bos{int(s.bos)}"
 
     def describe(self) -> dict:
-        return {"name": self.name, "sha256": self.sha256, **asdict(self.settings)}
+        d = {"name": self.name, "sha256": self.sha256, **asdict(self.settings)}
+        d["bos"] = {None: "auto", True: "on", False: "off"}[self.settings.bos]
+        return d
+
+    def for_model(self, tokenizer) -> tuple[Corpus, str]:
+        """This corpus with its BOS decided for a model's tokenizer, and why: prepended exactly when
+        the tokenizer adds one by default (--bos auto), or as --bos / --no-bos force it."""
+        if self.settings.bos is not None:
+            why = "--bos" if self.settings.bos else "--no-bos"
+            return self, f"{'prepended' if self.settings.bos else 'not prepended'} ({why})"
+        adds = adds_bos(tokenizer)
+        why = ("prepended: the model's tokenizer adds it by default (--bos auto)" if adds else
+               "not prepended: the model's tokenizer adds none (--bos auto)")
+        return replace(self, settings=replace(self.settings, bos=adds)), why
 
 
 def load_corpus(settings: CorpusSettings) -> Corpus:
@@ -111,6 +127,18 @@ def first(chunks: torch.Tensor, n: int, corpus: Corpus) -> torch.Tensor:
                           f"{corpus.settings.seqlen} tokens, fewer than the {n} asked for; lower --nsamples or "
                           "--seqlen, or add text")
     return chunks[:n]
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS (or CLS) token before a text by default."""
+    if tokenizer is None:
+        return False
+    try:
+        start = bos_id(tokenizer)
+    except CorpusError:
+        return False
+    ids = tokenizer("a", verbose=False)["input_ids"]
+    return bool(ids) and ids[0] == start and ids[1:2] != [start]
 
 
 def bos_id(tokenizer) -> int:

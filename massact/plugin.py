@@ -58,7 +58,11 @@ def pytest_addoption(parser):
     g.addoption("--seed", type=int, default=0, help="seed for choosing samples (default: 0)")
     g.addoption("--bootstrap-seed", type=int, default=0,
                 help="seed for the bootstrap resamples behind the intervals (default: 0)")
-    g.addoption("--bos", action="store_true", help="prepend the BOS (or CLS) token to every sample")
+    g.addoption("--bos", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                help="prepend the BOS (or CLS) token to every sample: auto prepends it exactly when the model's "
+                     "tokenizer adds one by default; --bos forces it (default: auto)")
+    g.addoption("--no-bos", dest="bos", action="store_const", const="off",
+                help="never prepend BOS, even for a model trained with it (a perturbation)")
     g.addoption("--device", default="cpu", help="torch device (default: cpu)")
     g.addoption("--device-map", default=None, choices=models.DEVICE_MAPS,
                 help="spread a model too large for --device over devices and disk (accelerate; default: all on "
@@ -91,7 +95,7 @@ def pytest_configure(config):
         specs = [models.resolve(spec) for spec in model_specs(config)]
         corpus = load_corpus(CorpusSettings(path=config.getoption("corpus"), nsamples=config.getoption("nsamples"),
                                             seqlen=config.getoption("seqlen"), seed=config.getoption("seed"),
-                                            bos=config.getoption("bos")))
+                                            bos={"auto": None, "on": True, "off": False}[config.getoption("bos")]))
         models.check_device(config.getoption("device"))
         placement = models.Placement.parse(config.getoption("device_map"), config.getoption("max_memory"))
         if config.getoption("batch_size") < 1:

@@ -137,8 +137,17 @@ class LongText(_Generated):
             raise CorpusError(f"{self.length} tokens do not split into chunks of {self.chunk}")
         if self.length > lm.context:
             raise CorpusError(f"long samples of {self.length} tokens exceed {lm.name}'s context of {lm.context}")
-        rows = [_document_ids(lm, corpus, p, self.length)[:self.length] for p in long_documents(self.part)]
-        return torch.tensor(rows).reshape(-1, self.chunk)
+        if not corpus.settings.bos:
+            rows = [_document_ids(lm, corpus, p, self.length)[:self.length] for p in long_documents(self.part)]
+            return torch.tensor(rows).reshape(-1, self.chunk)
+        # with BOS, every chunk is a pass of its own that starts with it: BOS + chunk - 1 tokens of text
+        body, start = self.chunk - 1, bos_id(lm.tokenizer)
+        per = self.length // self.chunk
+        rows = []
+        for p in long_documents(self.part):
+            ids = _document_ids(lm, corpus, p, self.length)[1:]  # the text after the BOS _document_ids puts first
+            rows += [[start] + ids[k * body:(k + 1) * body] for k in range(per)]
+        return torch.tensor(rows)
 
 
 @dataclass(frozen=True)

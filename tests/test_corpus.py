@@ -103,6 +103,31 @@ def test_default_corpus_has_50_samples_of_128(tokenizer) -> None:
     assert len({tuple(r) for r in ids.tolist()}) == 50
 
 
+def test_bos_auto_follows_what_the_tokenizer_adds_by_default(tokenizer) -> None:
+    """BERT's tokenizer puts [CLS] first: auto prepends it; a tokenizer that adds nothing gets nothing;
+    --bos / --no-bos force either, and every reason says which rule decided."""
+    from massact.corpus import adds_bos
+
+    class Plain:
+        bos_token_id = 7
+
+        def __call__(self, text, verbose=True, add_special_tokens=True):
+            return {"input_ids": [ord(c) % 100 for c in text]}
+
+    auto = _load(bos=None)
+    assert adds_bos(tokenizer) and not adds_bos(Plain()) and not adds_bos(None)
+    bert, why = auto.for_model(tokenizer)
+    assert bert.settings.bos is True and "adds it by default (--bos auto)" in why
+    plain, why = auto.for_model(Plain())
+    assert plain.settings.bos is False and "adds none (--bos auto)" in why
+    assert _load(bos=False).for_model(tokenizer)[0].settings.bos is False
+    assert "--no-bos" in _load(bos=False).for_model(tokenizer)[1]
+    assert _load(bos=True).for_model(Plain())[0].settings.bos is True
+    assert auto.describe()["bos"] == "auto"
+    with pytest.raises(ValueError, match="decided per model"):
+        auto.key
+
+
 def test_default_corpus_holds_the_documented_forms_samples() -> None:
     """The gpt2 documented forms read 30 samples of 1,024 tokens: the bundled text holds more than
     35,000 tokens under a GPT-2-style byte-level BPE (SmolLM2's tokenizer as the measure)."""

@@ -2,6 +2,8 @@
 numbers do not depend on how the passes were cut."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -157,6 +159,13 @@ def test_long_documents_and_passkey_prompts() -> None:
     text = lm.tokenizer.decode(prompts[1]).replace(" ", "")
     assert f"secretpasskeyis{keys[1]}" in text and text.endswith("Thesecretpasskeyis")
     assert 0.4 < text.index(keys[1]) / len(text) < 0.6  # planted at half the prompt
+    # with BOS every chunk that is a pass of its own starts with it, and the text runs on across chunks
+    with_bos = LongText("statistics", 48, 16).tokens(lm, dataclasses.replace(
+        corpus, settings=dataclasses.replace(corpus.settings, bos=True)))
+    assert with_bos.shape == (3 * docs, 16) and (with_bos[:, 0] == 0).all()
+    text = long_documents("statistics")[0].read_text()
+    assert torch.cat([with_bos[k, 1:] for k in range(3)]).tolist() == \
+        lm.tokenizer(text, add_special_tokens=False)["input_ids"][:45]
     with pytest.raises(CorpusError, match="fewer than the 99999"):
         LongText("held_out", 99999, 99999).tokens(SimpleNamespace(tokenizer=lm.tokenizer, context=10**6, name="x"),
                                                    corpus)

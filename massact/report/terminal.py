@@ -130,4 +130,7 @@ def summary_lines(doc: dict, *, verbose: int = 0, width: int = 120) -> list[str]
         models = sorted({str(e.get("model") or "-") for e in group})
         lines.append(_clip(f"{len(group)} {sentence} (on {', '.join(models)})", width))
     lines.append(_clip(counts_line(results), width))
+    for info in (doc.get("models") or {}).values():  # what each model read: with its BOS or without
+        if isinstance(info, dict) and info.get("bos"):
+            lines.append(_clip(f"{info.get('label', '?')}: BOS {info['bos']}", width))
     return lines
