@@ -264,8 +264,7 @@ class HeadProfile(Reducer):
         return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
-HEAD_PROFILE = tuple(f"hp_{k}" for k in ("entropy", "max", "sink", "recent", "local", "local_excl", "global",
-                                         "global_excl", "uniformity", "rel"))
+HEAD_PROFILE = tuple(f"hp_{k}" for k in ("entropy", "max", "sink", "recent", "local", "global", "uniformity", "rel"))
 
 # statistic name -> the reducer that makes it; a pass builds each reducer a point needs once
 STATISTICS: dict[str, type[Reducer]] = {

@@ -94,7 +94,7 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
     """The head-aware cache has a lower next-token loss than a uniform sink + window cache of the
     same KV bytes; the same budgets on random heads must not do as well."""
     per = measure_heads(ctx, p)
-    _, classes = classified(per, p.method)
+    _, classes = classified(per)
     L, H, K = ctx.lm.n_layers, ctx.lm.adapter.n_heads(ctx.lm.config), ctx.lm.adapter.n_kv_heads(ctx.lm.config)
     mapping = MAPPING[p.method]
     plan = head_aware(ctx.lm, classes, mapping)
