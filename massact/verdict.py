@@ -40,7 +40,7 @@ VERDICTS = ("holds", "refuted", "inconclusive", "non-specific", "invalid")
 RESAMPLES = 1000  # bootstrap resamples behind each interval (--resamples)
 CONFIDENCE = 0.95
 METHOD = "t/BCa"  # the wider of the Student-t and the expanded BCa interval (module docstring, 3.)
-MIN_UNITS = 6  # the fewest independent units whose intervals cover >= 93% (benchmarks/coverage.py)
+MIN_UNITS = 10  # the fewest independent units whose intervals cover >= 93% (benchmarks/coverage.py)
 DRAWS = 20  # the fewest random draws of a control
 
 
