@@ -147,7 +147,7 @@ def test_long_documents_and_passkey_prompts() -> None:
     lm = SimpleNamespace(tokenizer=char_tokenizer(), context=4096, name="chars")
     corpus = load_corpus(CorpusSettings())
     docs = len(long_documents("statistics"))
-    assert docs == len(long_documents("held_out")) == 8
+    assert docs == len(long_documents("held_out")) == 10
     assert not set(long_documents("statistics")) & set(long_documents("held_out"))
     chunks = LongText("statistics", 48, 16).tokens(lm, corpus)
     assert chunks.shape == (3 * docs, 16)  # 3 chunks of each document's first 48 characters
