@@ -53,9 +53,9 @@ def write(config: pytest.Config, text: str) -> None:
         return
     capture = config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
-        tw = config.get_terminal_writer()
-        if tw.width_of_current_line:  # after the dots of -q or xdist: a line of its own
-            tw.line()
+        reporter.ensure_newline()  # after "claims/x.toml ": pytest writes the name again for the next item
+        if config.get_terminal_writer().width_of_current_line:  # after the dots of -q or xdist
+            reporter.line("")
         reporter.write_line(text)
 
 
