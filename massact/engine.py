@@ -248,8 +248,8 @@ class Engine:
         """The model's planned passes and roughly how long they take, at the rate of its first batch."""
         o = self.outlook.pop(lm.spec)
         if o.passes:
-            self.progress(f"{lm.name}: {o.passes} pass{'es' if o.passes > 1 else ''} planned ({o.samples:,} samples, "
-                          f"{o.tokens:,} tokens), roughly "
+            passes = f"{o.passes} pass{'es' * (o.passes > 1)}"
+            self.progress(f"{lm.name}: {passes} planned ({o.samples:,} samples, {o.tokens:,} tokens), roughly "
                           f"{duration(o.flops / flops_per_second)}; passes that claims choose from the data (heads to "
                           "prune, entries to set, cache plans) come on top", level="plan")
 
