@@ -32,6 +32,7 @@ from massact import models
 from massact.claims import BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus
 from massact.errors import BadOption, MassactError, ModelUnavailable
+from massact.progress import Progress, WorkerLines
 from massact.report import diff, html, terminal
 from massact.report import pytest_html as massact_html
 from massact.report.results import Entry, Run
@@ -117,12 +118,13 @@ def pytest_configure(config):
         corpus=corpus, labels=labels, dtype=config.getoption("dtype"), device=config.getoption("device"),
         placement=placement, batch_size=config.getoption("batch_size"), resamples=config.getoption("resamples"),
         bootstrap_seed=config.getoption("bootstrap_seed"),
-        progress=_progress(config))
+        progress=Progress(config))
     if controller:  # the controller (or a serial run) assembles the results
         config.pluginmanager.register(
             Controller(config, Run(report_dir=report_dir, provenance=_provenance(config), labels=labels)),
             "massact-controller")
         massact_html.register(config)
+        config.pluginmanager.register(WorkerLines(config), "massact-worker-lines")
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _terminate)
             config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
@@ -159,19 +161,6 @@ def _signals_ignored():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def _progress(config):
-    last = [0.0]
-
-    def line(msg: str, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - last[0] > 5:
-            last[0] = now
-            reporter = config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(f"[massact] {msg}")
-    return line
 
 
 # ---------------------------------------------------------------- collection

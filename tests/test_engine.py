@@ -3,6 +3,7 @@ numbers do not depend on how the passes were cut."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
 from massact.corpus import CorpusSettings, load_corpus
-from massact.engine import Engine
+from massact.engine import Engine, pass_flops
 from massact.errors import CorpusError
 from massact.interventions import PruneHeads, SetActivations, ZeroMLP
 from massact.models import LoadedModel
@@ -38,7 +39,7 @@ def _engine_on(arch: str):
                      dtype="float32", device="cpu")
     corpus = load_corpus(CorpusSettings(seqlen=T))
     lines: list[str] = []
-    engine = Engine(batch_size=4, progress=lambda line, final=False: lines.append(line))
+    engine = Engine(batch_size=4, progress=lambda line, level="update": lines.append(line))
     engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T),
                                                                 generator=torch.Generator().manual_seed(0))
     return lm, corpus, engine, lines
@@ -242,3 +243,33 @@ def test_blocks_are_put_back_when_a_resumed_pass_fails(setup) -> None:
     with pytest.raises(ValueError, match="does not compute"):
         run_forward(lm, ids, {"block.0": frozenset({"top_abs"})}, PruneHeads(((1, 0),)), eager=False, batch_size=4,
                     progress=lambda line: None, resume=(1, torch.zeros(N, T, 32)))
+
+
+def test_progress_tells_the_plan_then_each_batch_and_each_pass() -> None:
+    lm, corpus, engine, _ = _engine_on("llama")
+    said: list[tuple[str, str]] = []
+    engine.progress = lambda line, level="update": said.append((level, line))
+    engine.batch_size = 4
+    engine.plan(lm, corpus, [(PROFILE, N), (want("attn.*", "entropy"), 4)])
+    engine.run(lm, corpus, PROFILE, n=N)
+    engine.run(lm, corpus, PROFILE.under(ZeroMLP()), n=N)  # not announced: no second plan line
+    levels = [level for level, _ in said]
+    assert levels == ["plan", "update", "pass", "update", "pass"]  # a pass's last batch: its pass line
+    assert said[0][1].startswith(f"llama: 2 passes planned ({N + 4} samples, {(N + 4) * T} tokens), roughly ")
+    assert re.fullmatch(r"llama / none: 4/6 samples, \d+ tok/s, \d+ s left", said[1][1])
+    assert said[2][1].startswith("pass 1, llama / none: 6 samples x 16 tokens in ")
+    assert said[4][1].startswith("pass 2, llama / zero_mlp")
+
+
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+def test_the_plan_s_cost_is_the_flops_torch_counts(arch) -> None:
+    """pass_flops, which turns the first batch's rate into the plan's time, against torch's own count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lm, corpus, engine, _ = _engine_on(arch)
+    ids = engine.inputs[(lm.spec, TEXT.key(corpus))]
+    with_head = [(want(LOSS_POINT, "loss"), lm.model)] if lm.adapter.is_decoder else []
+    for request, model in [(PROFILE, lm.model.base_model), *with_head]:
+        with FlopCounterMode(display=False) as counted, torch.no_grad():
+            model(input_ids=ids)
+        assert pass_flops(lm, request, N, T) == pytest.approx(counted.get_total_flops(), rel=0.05), request

@@ -26,6 +26,7 @@ from massact.models import LoadedModel
 from massact.requests import KV_POINT, LOSS_POINT, LongText, Passkey, Request, long_documents
 
 MAPPING = {"documented_method": "documented", "correct_method": "correct"}
+MIB = 2**20  # bytes; the summary and the figures say how much a cache holds in MiB
 
 
 def _scaled(b: ht.Budget, scale: float) -> ht.Budget:
@@ -133,7 +134,7 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
             summary=f"loss from token {p.checkpoints[0]} on: full {loss['full']:.4f}, head-aware {loss['head-aware']:.4f}, "
                     f"streaming {loss['streaming']:.4f} ({plans['streaming'].name.split(':')[1]}), random heads "
                     f"{loss['random heads']:.4f}; KV bytes at {T}: head-aware "
-                    f"{kv_bytes['head-aware'][-1] / 2**20:.2f} MiB of {kv_bytes['full'][-1] / 2**20:.2f} MiB; "
+                    f"{kv_bytes['head-aware'][-1] / MIB:.2f} MiB of {kv_bytes['full'][-1] / MIB:.2f} MiB; "
                     "passkey " + ", ".join(f"{k} {v:.0%}" for k, v in passkey.items()),
             values={"gain": gain, "gain_random_heads": gain_random, "random_heads_minus_plan": gain_random - gain,
                     "gap_to_full": loss["head-aware"] - loss["full"],
@@ -147,6 +148,7 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
             f"the head-aware cache's loss is {-gain:+.4f} nats against the uniform cache of equal bytes")
 
     xs = lambda rs: [float(r.stat(KV_POINT, "bytes")[:, -1].mean()) for r in rs]  # noqa: E731
+    mib = lambda rs: [x / MIB for x in xs(rs)]  # noqa: E731 - the figures' unit
     ys = lambda rs: [float(r.loss.mean()) for r in rs]  # noqa: E731
     scales = sorted(curve)
     full_loss = float(runs["full"].loss.mean())
@@ -160,12 +162,13 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
                                                                "streaming": [xs([b])[0], ys([b])[0]]}
                                                       for s, (a, b) in curve.items()}},
         figures=[
-            fig.Curves(title=f"{ctx.lm.name}: next-token loss against KV bytes ({p.method})",
-                       curves={"head-aware": (xs([curve[s][0] for s in scales]), ys([curve[s][0] for s in scales])),
-                               "streaming, equal bytes": (xs([curve[s][1] for s in scales]),
+            fig.Curves(title=f"{ctx.lm.name}: next-token loss against the KV cache held ({p.method})",
+                       curves={"head-aware": (mib([curve[s][0] for s in scales]), ys([curve[s][0] for s in scales])),
+                               "streaming, equal bytes": (mib([curve[s][1] for s in scales]),
                                                           ys([curve[s][1] for s in scales])),
-                               "random heads": (xs([runs["random heads"]]), ys([runs["random heads"]]))},
-                       x_label=f"KV bytes held after {T} tokens", y_label=f"mean loss from token {p.checkpoints[0]}",
+                               "random heads": (mib([runs["random heads"]]), ys([runs["random heads"]]))},
+                       x_label=f"KV cache held after {T} tokens (MiB per sequence)",
+                       y_label=f"mean loss from token {p.checkpoints[0]}",
                        log_x=True, refs=[fig.Ref(full_loss, "full cache")],
                        caption=f"the plan's windows times {', '.join(f'{s:g}' for s in scales)}; each against a sink "
                                f"{p.sink} + window cache holding as many entries; {n} held-out sequences"),
@@ -173,6 +176,8 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
                         series={"accuracy": list(passkey.values())}, unit="%",
                         caption=f"prompts of {T} tokens, the key at 10% and 30% of the prompt; greedy decoding")]
               if passkey else []),
-            fig.Bars(title=f"{ctx.lm.name}: KV bytes held per cache ({p.method})", categories=list(kv_bytes),
-                     series={f"after {t} tokens": [v[i] for v in kv_bytes.values()] for i, t in enumerate(p.checkpoints)},
-                     y_label="bytes", caption="the nbytes of the key and value tensors the cache holds")])
+            fig.Bars(title=f"{ctx.lm.name}: KV cache held per sequence ({p.method})", categories=list(kv_bytes),
+                     series={f"after {t} tokens": [v[i] / MIB for v in kv_bytes.values()]
+                             for i, t in enumerate(p.checkpoints)},
+                     y_label="MiB per sequence", caption="the nbytes of the key and value tensors the cache holds, "
+                                                         "per sequence of a batch")])

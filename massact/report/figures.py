@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, ScalarFormatter
 
 STYLE = {
     "svg.fonttype": "none",  # text as <text>, no glyph paths: small, searchable
@@ -80,15 +80,29 @@ def _array(values) -> np.ndarray:
 
 
 def _value_axis(ax, axis, *, unit: str, log: bool) -> None:
-    """Scale and tick labels of the value axis ('x' or 'y') in the record's unit."""
-    set_scale = ax.set_yscale if axis == "y" else ax.set_xscale
-    if log:
-        set_scale("log")
+    """Scale and tick labels of the value axis ('x' or 'y') in the record's unit, after the data are drawn.
+
+    A log axis spanning under two decades is ticked at 1, 2, 3 and 5 of each and labelled in plain
+    numbers (10, 20, 30, 50): matplotlib's default there writes 2x10^1."""
     target = ax.yaxis if axis == "y" else ax.xaxis
-    if unit == "%":
-        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:.4g}%"))
-    elif unit == "x":
-        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    if log:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    narrow = log and 0 < lo and hi < 100 * lo
+    formatter = {"%": lambda: FuncFormatter(lambda v, _: f"{v * 100:.4g}%"),
+                 "x": lambda: FuncFormatter(lambda v, _: f"{v:g}x")}.get(unit, _plain if narrow else None)
+    if formatter is not None:
+        target.set_major_formatter(formatter())
+    if narrow:
+        target.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        target.set_minor_formatter(formatter())
+
+
+def _plain() -> ScalarFormatter:
+    """Numbers as they are: no offset, no "1e6" above the axis."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    return formatter
 
 
 def _refs(ax, refs: list[dict]) -> None:
@@ -280,8 +294,7 @@ def _histogram(fig, f: dict) -> None:
         ax.axvline(ref["value"], color=REF_COLOR, linestyle="--", linewidth=1)
         ax.annotate(ref["label"], xy=(ref["value"], 0.98), xycoords=("data", "axes fraction"), xytext=(2, 0),
                     textcoords="offset points", ha="left", va="top", fontsize=8, color=REF_COLOR)
-    if f.get("log_y"):
-        ax.set_yscale("log")
+    _value_axis(ax, "y", unit="", log=f.get("log_y", False))
     ax.set_xlabel(f.get("x_label", ""))
     ax.set_ylabel("density" if f.get("density") else "count")
     _legend(fig, ax)
@@ -295,8 +308,7 @@ def _curves(fig, f: dict) -> None:
     if not curves:
         _empty(ax, "values")
     _refs(ax, f.get("refs", []))
-    if f.get("log_x"):
-        ax.set_xscale("log")
+    _value_axis(ax, "x", unit="", log=f.get("log_x", False))
     ax.set_xlabel(f.get("x_label", ""))
     ax.set_ylabel(f.get("y_label", ""))
     _legend(fig, ax)

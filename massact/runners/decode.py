@@ -28,7 +28,7 @@ def _policy(lm: LoadedModel, intervention) -> KVPolicy:
 
 
 def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention, *, eager: bool,
-               batch_size: int, progress: Callable[[str], None], chunk: int = 512, start: int = 1,
+               batch_size: int, progress: Callable[[int], None], chunk: int = 512, start: int = 1,
                checkpoints: tuple[int, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     """Per sample: the mean next-token NLL of the tokens at positions >= ``start`` (``output/loss``),
     the KV bytes held per sequence after each of ``checkpoints`` tokens (``kv/bytes``), and the
@@ -61,14 +61,14 @@ def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[st
             seconds += [(time.perf_counter() - t0) / len(x)] * len(x)
             losses.append(torch.cat(nll, dim=1).double().mean(1).cpu())
             held += [row] * len(x)
-            progress(f"{min(b + batch_size, len(ids))}/{len(ids)} samples")
+            progress(min(b + batch_size, len(ids)))  # samples done
     out = {LOSS_POINT: {"loss": torch.cat(losses)},
            KV_POINT: {"bytes": torch.tensor(held, dtype=torch.float64), "seconds": torch.tensor(seconds)}}
     return {p: {s: v for s, v in out[p].items() if s in wants.get(p, ())} for p in out if p in wants}
 
 
 def run_generate(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention, *, eager: bool,
-                 batch_size: int, progress: Callable[[str], None], chunk: int = 512,
+                 batch_size: int, progress: Callable[[int], None], chunk: int = 512,
                  new_tokens: int = 8) -> dict[str, dict[str, torch.Tensor]]:
     """Per sample: the prompt fed in chunks, then ``new_tokens`` greedy tokens one at a time
     (``output/generated``, (N, new_tokens)) and their decoding rate (``kv/tokens_per_second``)."""
@@ -91,6 +91,6 @@ def run_generate(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[
             rate = len(x) * (new_tokens - 1) / max(time.perf_counter() - t0, 1e-9)
             generated.append(torch.stack(steps, dim=1).cpu())
             rates += [rate] * len(x)
-            progress(f"{min(b + batch_size, len(ids))}/{len(ids)} prompts")
+            progress(min(b + batch_size, len(ids)))  # prompts done
     out = {LOSS_POINT: {"generated": torch.cat(generated)}, KV_POINT: {"tokens_per_second": torch.tensor(rates)}}
     return {p: {s: v for s, v in out[p].items() if s in wants.get(p, ())} for p in out if p in wants}

@@ -1,7 +1,6 @@
 """The teacher-forced pass: batches of whole samples through the model, hooks reducing as they go."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -16,7 +15,7 @@ from massact.requests import LOSS_POINT
 
 
 def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention: Intervention, *,
-                eager: bool, batch_size: int, progress: Callable[[str], None],
+                eager: bool, batch_size: int, progress: Callable[[int], None],
                 resume: tuple[int, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Per-sample statistics ``wants`` (point -> statistic names) of ``ids`` (N, T) under ``intervention``.
 
@@ -34,7 +33,6 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     mask_ref: dict[str, torch.Tensor] = {}
     state_ref: dict[str, torch.Tensor] = {}
     losses = []
-    start = time.perf_counter()
     # the resumed block's input first, then the intervention's hooks: hooks on one module run in
     # registration order, and a point on an intervened module must record what the intervention left there
     with torch.no_grad(), resumed(lm.model, lm.adapter, resume[0] if resume else None, state_ref), \
@@ -49,8 +47,7 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
                 out = model(input_ids=b_ids, attention_mask=b_mask)
                 if loss:
                     losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
-                done = min(i + batch_size, len(ids))
-                progress(f"{done}/{len(ids)} samples, {done * ids.shape[1] / (time.perf_counter() - start):.0f} tok/s")
+                progress(min(i + batch_size, len(ids)))  # samples done
     got = {k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()}
     if loss:
         got[LOSS_POINT] = {"loss": torch.cat(losses)}
