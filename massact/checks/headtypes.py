@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.capture import HEAD_PROFILE
+from massact.reducers import HEAD_PROFILE
 from massact.checks.base import ClaimInvalid, Context, Measurement, Outcome, Params, check, fixed
 from massact.engine import PassResult
 from massact.metrics import headtypes as ht
