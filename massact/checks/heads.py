@@ -207,16 +207,17 @@ def sink_values_small(ctx: Context, p: SinkValueParams) -> Measurement:
     def decide(idx):
         rows = slice(None) if idx is None else idx
         tok, layer = sink_tokens(idx)
+        ratios = ratio[rows]  # (n, L, H, T)
         scores = hm.at_token(received[rows], tok).double().mean(0)  # (L, H) attention on the sink token
         top = hm.ranked(scores, p.k)
-        per_head = hm.at_token(ratio[rows], tok).mean(0)  # (L, H)
+        per_head = hm.at_token(ratios, tok).mean(0)  # (L, H)
 
         def over(heads, x=per_head) -> float:
             return float(torch.stack([x[l, h] for l, h in heads]).mean())
 
         u = others[:, rows]
         tokens = [u[d] + (u[d] >= tok).long() for d in range(p.draws)]  # a random token other than the sink
-        rand_tok = [over(top, hm.at_token(ratio[rows], t_).mean(0)) for t_ in tokens]
+        rand_tok = [over(top, hm.at_token(ratios, t_).mean(0)) for t_ in tokens]
         rand_heads = [over(hm.random_heads(L, H, p.k, seed=p.seed + d, exclude=top)) for d in range(p.draws)]
         value, rt, rh = over(top), sum(rand_tok) / p.draws, sum(rand_heads) / p.draws
         shown = f"{top[:4]}"[:-1] + (", ...]" if p.k > 4 else "]")
