@@ -24,6 +24,11 @@ KINDS = {
     HEADS: "as the attention function gets them"}
 
 
+ATTENTION = {"": KINDS[PROBS], "q": f"queries, {KINDS[HEADS]}",
+             "k": f"keys, after the rotary embedding where the model applies one; {KINDS[HEADS]}",
+             "v": f"values, {KINDS[HEADS]}"}
+
+
 class _Probe(Reducer):
     """Keeps the shape of what it is handed."""
 
@@ -71,10 +76,8 @@ def listing(lm: LoadedModel) -> list[str]:
         kind, _, rest = name.partition(".")
         role = rest.partition(".")[2]
         pattern = f"{kind}.{{l}}" + (f".{role}" if role else "")
-        what = {"block": "block l's output, before any final norm", "mlp": ROLES.get(role, role),
-                "attn": {"": KINDS[PROBS], "q": f"queries, {KINDS[HEADS]}",
-                         "k": f"keys, after the rotary embedding where the model applies one; {KINDS[HEADS]}",
-                         "v": f"values, {KINDS[HEADS]}"}[role]}[kind]
+        what = ("block l's output, before any final norm" if kind == "block" else ROLES.get(role, role)
+                if kind == "mlp" else ATTENTION[role])
         groups.setdefault(pattern, (p.shape.kind, what, set()))[2].add(_shape_text(p.shape.kind, shapes[name]))
     grouped = "" if heads == kv else f", query head h reads KV head h // {heads // kv} (Adapter.kv_heads_of)"
     lines = [f"{lm.name} ({a.name}): {lm.n_layers} layers, hidden {lm.hidden_size}, {heads} query heads, {kv} KV "
@@ -89,7 +92,8 @@ def listing(lm: LoadedModel) -> list[str]:
               "",
               "statistics, asked for as want(POINT_PATTERN, STATISTIC); results are per sample, samples first:"]
     width = max(len(s) for s in STATISTICS) + 2
+    where = {ACTIVATION: "block, mlp", PROBS: "attn.{l}", HEADS: "attn.{l}.q/k/v"}
     for name, cls in STATISTICS.items():
-        kinds = "/".join("heads (q, k, v)" if k == HEADS else k for k in sorted(cls.kinds))
-        lines.append(f"  {name:<{width}}{kinds:<26}{cls.gives[name]}")
+        kinds = ", ".join(where[k] for k in (ACTIVATION, PROBS, HEADS) if k in cls.kinds)
+        lines.append(f"  {name:<{width}}{kinds:<28}{cls.gives[name]}")
     return lines

@@ -166,3 +166,37 @@ def test_a_pattern_takes_only_the_points_its_statistic_applies_to() -> None:
     with pytest.raises(ValueError, match=r"matches 'attn.0' for statistic 'norm' only attn.\{l\} \(l = 0..0\), of "
                                          r"another kind; statistic 'norm' applies to activation and heads points"):
         engine.run(lm, corpus, want("attn.0", "norm"), n=2)
+
+
+def test_points_lists_every_point_with_its_measured_shape_and_every_statistic() -> None:
+    from massact.models import LoadedModel
+    from massact.points import listing
+    from massact.reducers import STATISTICS
+
+    for arch, heads, kv, hd, note in (("llama", 4, 2, 8, "query head h reads KV head h // 2"),
+                                      ("gemma3", 4, 1, 16, "query head h reads KV head h // 4"), ("bert", 4, 4, 8, "")):
+        model = tiny_model(arch)
+        lm = LoadedModel(spec=arch, name=f"tiny-{arch}", model=model, tokenizer=None,
+                         adapter=adapter_for(model.config), dtype="float32", device="cpu")
+        text = "\n".join(listing(lm))
+        assert f"{heads} query heads, {kv} KV heads" in text and note in text
+        assert "\n  block.{l}" in text and "(B, T, 32)" in text
+        assert f"  attn.{{l}}.q" in text and f"(B, {heads}, T, {hd})" in text and f"(B, {kv}, T, {hd})" in text
+        assert f"(B, {heads}, T, T)" in text
+        up = "(B, T, 64)" if arch != "bert" else "(B, T, 64)"
+        assert up in text  # the MLP's inner width
+        for stat in STATISTICS:
+            assert f"\n  {stat} " in text
+        assert "get_interface" not in vars(ALL_ATTENTION_FUNCTIONS) and _n_hooks(model) == 0
+
+
+def test_points_command_on_a_saved_model(tmp_path, capsys) -> None:
+    from builders import save_tiny
+    from massact.__main__ import main
+
+    save_tiny(tiny_model("gpt2"), tmp_path / "gpt2")
+    assert main(["points", str(tmp_path / "gpt2")]) == 0
+    out = capsys.readouterr().out
+    assert "attn.{l}.v" in out and "(B, 4, T, 8)" in out and "received" in out
+    assert main(["points", "./nowhere"]) == 2
+    assert "error:" in capsys.readouterr().err
