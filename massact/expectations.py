@@ -16,7 +16,7 @@ from pathlib import Path
 import tomlkit
 import tomlkit.items
 
-from massact.report.terminal import bound_text, measured
+from massact.report.terminal import bound_text, measured, number
 
 JUDGED = ("holds", "refuted", "inconclusive", "non-specific", "invalid")  # verdicts a record can expect
 
@@ -36,7 +36,11 @@ def measured_reason(entry: dict) -> str:
     why = entry.get("reason") or entry.get("summary") or ""
     why = why.split(" [BCa ")[0]  # the bootstrap's own note adds nothing to a recorded reason
     head = f"{value} vs {bound_text(entry)}" if value else ""
-    return "; ".join(x for x in (head, why) if x)
+    values, intervals, unit = entry.get("values") or {}, entry.get("intervals") or {}, entry.get("unit") or ""
+    fired = [f"{name} {number(values[name], unit)}" + (" [{}, {}]".format(*(number(x, unit) for x in intervals[name]))
+                                                       if name in intervals else "")
+             for name, also in (entry.get("controls") or {}).items() if also and name in values]
+    return "; ".join(x for x in (head, why, ", ".join(fired)) if x)
 
 
 @dataclass(frozen=True)

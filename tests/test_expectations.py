@@ -47,6 +47,16 @@ def run_doc() -> dict:
             ]}
 
 
+def test_the_measured_reason_gives_the_values_of_the_controls_that_also_held() -> None:
+    e = entry("heads.sink_values_small", "general", "smollm2-135m", "non-specific", primary="value_ratio", unit="x",
+              values={"value_ratio": 0.112, "random_heads": 0.375, "random_token": 1.0},
+              intervals={"value_ratio": [0.106, 0.118], "random_heads": [0.368, 0.384]},
+              bound={"op": "<", "value": 0.5, "abs": False}, controls={"random_heads": True, "random_token": False},
+              reason="the control(s) random_heads (on all samples) also satisfy the claim")
+    assert expectations.measured_reason(e) == ("0.112x [0.106x, 0.118x] vs < 0.5x; the control(s) random_heads (on all "
+                                               "samples) also satisfy the claim; random_heads 0.375x [0.368x, 0.384x]")
+
+
 def test_toml_lines() -> None:
     assert expectations.toml_line("smollm2-135m", "holds", note="0.112x") == '"smollm2-135m" = "holds"  # 0.112x'
     line = expectations.toml_line("minilm-l6", "invalid", 'no "massive" activation\\here')

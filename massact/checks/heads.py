@@ -227,6 +227,7 @@ def sink_values_small(ctx: Context, p: SinkValueParams) -> Measurement:
         where = ("position 0" if layer is None else f"the massive token (top-1 of block {layer}'s output; position 0 "
                  f"in {int((tok == 0).sum())} of {len(tok)} samples)")
         values = {"value_ratio": value, "attention": over(top, scores), "random_heads": rh, "random_token": rt,
+                  "over_random_heads": value / rh,  # how much smaller than random heads' the top heads' values are
                   **{f"random_heads.{d}": v for d, v in enumerate(rand_heads)},
                   **{f"random_token.{d}": v for d, v in enumerate(rand_tok)},
                   "share_at_0": float((tok == 0).double().mean())}
