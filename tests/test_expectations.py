@@ -18,6 +18,18 @@ from massact.report.terminal import summary_lines
 CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 
 
+def fresh_claims(tmp_path: Path) -> Path:
+    """A copy of claims/ in which heads.sink_values_small/general has no [claim.expect] yet, as a new record."""
+    shutil.copytree(CLAIMS, tmp_path / "claims")
+    heads = tmp_path / "claims" / "heads.toml"
+    text = heads.read_text()
+    table = text.index("# measured at the defaults", text.index('id = "heads.sink_values_small"'))  # its comment, table
+    heads.write_text(text[:table] + text[text.index("\n\n", table) + 1:])
+    assert "expect" not in next(r for r in tomllib.loads(heads.read_text())["claim"]
+                                if r["id"] == "heads.sink_values_small")
+    return heads
+
+
 def entry(claim: str, variant: str, spec: str | None, verdict: str, **kw) -> dict:
     label = {"smollm2-135m": "smollm2-135m", "minilm-l6": "minilm-l6", None: None}.get(spec, "ckpt")
     node = f"claims/{claim.split('.')[0]}.toml::{claim}/{variant}" + (f"[{label}]" if label else "")
@@ -79,8 +91,7 @@ def test_the_lines_of_every_judged_item_each_marked_against_its_record() -> None
 
 
 def test_write_records_the_missing_and_changed_ones_and_keeps_every_other_byte(tmp_path) -> None:
-    shutil.copytree(CLAIMS, tmp_path / "claims")
-    before = (tmp_path / "claims" / "heads.toml").read_text()
+    before = fresh_claims(tmp_path).read_text()
     changes = expectations.write(expectations.proposals(run_doc()), root=tmp_path)
     assert changes == [
         "claims/heads.toml: heads.sink_values_small/general: smollm2-135m not recorded -> holds",
@@ -107,12 +118,12 @@ def test_write_records_the_missing_and_changed_ones_and_keeps_every_other_byte(t
 
 
 def test_the_command(tmp_path, capsys) -> None:
-    shutil.copytree(CLAIMS, tmp_path / "claims")
+    before = fresh_claims(tmp_path).read_text()
     doc = run_doc() | {"rootdir": str(tmp_path)}
     (tmp_path / "results.json").write_text(json.dumps(doc))
     assert main(["expect", str(tmp_path / "results.json")]) == 0
     assert '"smollm2-135m" = "holds"  # 0.112x' in capsys.readouterr().out
-    assert (tmp_path / "claims" / "heads.toml").read_text() == (CLAIMS / "heads.toml").read_text()
+    assert (tmp_path / "claims" / "heads.toml").read_text() == before
     assert main(["expect", str(tmp_path / "results.json"), "--write"]) == 0
     assert "3 expectation(s) written" in capsys.readouterr().out
     doc["results"].append(entry("heads.gone", "general", "minilm-l6", "holds"))
