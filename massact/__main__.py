@@ -1,7 +1,12 @@
-"""Command line for nightly jobs, outside pytest; imports no torch.
+"""Command line outside pytest.
 
     python -m massact report RESULTS [-o OUT]   re-render report.html from a results.json
     python -m massact diff A B                  differences of B against baseline A; exit 1 on a regression
+    python -m massact expect RESULTS [--write]  the [claim.expect] lines of a run's verdicts; --write records
+                                                the missing and changed ones in claims/*.toml
+    python -m massact points MODEL              every capture point of MODEL with its shape, every statistic
+
+Only ``points`` imports torch (it loads the model).
 """
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from massact import expectations
+from massact.errors import MassactError
 from massact.report import diff, html
 from massact.report.results import read_results
 
@@ -34,6 +41,30 @@ def _diff(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _expect(args: argparse.Namespace) -> int:
+    doc = read_results(args.results)
+    props = expectations.proposals(doc)
+    for line in expectations.render(props, samples=(doc.get("corpus") or {}).get("nsamples")):
+        print(line)
+    if args.write:
+        root = args.root or Path(doc.get("rootdir") or ".")
+        changes = expectations.write(props, root=root)
+        print(f"\n{len(changes)} expectation(s) written" + "".join(f"\n  {c}" for c in changes))
+    elif not props:
+        print("no judged items in this run")
+    return 0
+
+
+def _points(args: argparse.Namespace) -> int:
+    from massact import models
+    from massact.points import listing
+
+    lm = models.load(args.model, dtype=args.dtype, device=args.device)
+    for line in listing(lm):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m massact", description="massact reports outside pytest")
     sub = p.add_subparsers(dest="command", required=True)
@@ -48,10 +79,24 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"relative move of a primary value that fails, if also outside A's interval (default: {diff.REL_TOL})")
     d.add_argument("--abs-tol", type=float, default=diff.ABS_TOL, help=f"moves below this never fail (default: {diff.ABS_TOL})")
     d.set_defaults(fn=_diff)
+    e = sub.add_parser("expect", help="the [claim.expect] lines of every judged item of a results.json")
+    e.add_argument("results", type=Path, metavar="RESULTS")
+    e.add_argument("--write", action="store_true",
+                   help="record the missing expectations, and the changed verdicts, in the claims files (entries "
+                        "whose verdict is unchanged keep their reason)")
+    e.add_argument("--root", type=Path, default=None,
+                   help="the directory the claims were run from: the claims files' node ids are relative to it "
+                        "(default: the run's rootdir)")
+    e.set_defaults(fn=_expect)
+    pt = sub.add_parser("points", help="every capture point of a model with its shape, and every statistic")
+    pt.add_argument("model", metavar="MODEL", help="a --model spec: built-in name, hub id, directory or .gguf")
+    pt.add_argument("--dtype", default="float32")
+    pt.add_argument("--device", default="cpu")
+    pt.set_defaults(fn=_points)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (OSError, ValueError) as e:  # a missing or unreadable file: say so, no traceback
+    except (OSError, ValueError, MassactError) as e:  # a missing or unreadable file, an unknown model: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

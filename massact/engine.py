@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from massact.capture import all_points, produced
+from massact.capture import all_points
+from massact.reducers import produced
 from massact.corpus import Corpus
 from massact.errors import MassactError
 from massact.models import LoadedModel
@@ -172,8 +173,10 @@ class Engine:
         r = cached.result
         return r if r.n == n else r.select(torch.arange(n))
 
-    def _point_names(self, lm: LoadedModel) -> list[str]:
-        return [*all_points(lm.adapter, lm.n_layers), LOSS_POINT, KV_POINT]
+    def _point_names(self, lm: LoadedModel) -> dict[str, str]:
+        """Every point a request may name, with its kind: the capture points and the runners' own."""
+        return {**{n: p.shape.kind for n, p in all_points(lm.adapter, lm.n_layers, lm.config).items()},
+                LOSS_POINT: "runner", KV_POINT: "runner"}
 
     def _all_ids(self, lm: LoadedModel, corpus: Corpus, request: Request) -> torch.Tensor:
         key = (lm.spec, request.source.key(corpus))
@@ -193,7 +196,7 @@ class Engine:
         layer = request.intervention.first_layer
         if request.mode != "forward" or layer <= 0:
             return None
-        points = all_points(lm.adapter, lm.n_layers)
+        points = all_points(lm.adapter, lm.n_layers, lm.config)
         early = {p: s for p, s in wants.items() if p in points and points[p].layer < layer}
         kept = f"block.{layer - 1}"
         need = early | {kept: early.get(kept, frozenset()) | {"resume"}}

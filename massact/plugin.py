@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from massact import models
+from massact import expectations, models
 from massact.claims import BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus
 from massact.errors import BadOption, MassactError, ModelUnavailable
@@ -285,11 +285,30 @@ class ClaimItem(pytest.Item):
             # fewer samples widen the interval: undecided is what they give, not a changed verdict
             pytest.xfail(f"inconclusive on {n} samples, fewer than the record's {rec.nsamples}, on which it expects "
                          f"{want}: run without --nsamples to check that; {measured}")
-        elif expected is None or expected.verdict == "holds":
+        elif expected is None:
+            pytest.fail(f"{where}: {self._unrecorded(entry, session)}\n{measured}", pytrace=False)
+        elif expected.verdict == "holds":
             pytest.fail(f"{where}: {entry.verdict}. {entry.reason}\n{measured}", pytrace=False)
         else:
             pytest.fail(f"{where}: verdict changed: recorded {expected.verdict} ({expected.reason}), "
                         f"now {entry.verdict}. {entry.reason}\n{measured}", pytrace=False)
+
+
+    def _unrecorded(self, entry: Entry, session: Session) -> str:
+        """Why an item whose record expects nothing on its model failed, and the line that records it."""
+        key = session.identity(self.spec) if self.spec else "document"
+        got = f"this run measured: {entry.verdict} ({expectations.measured_reason(entry.to_dict())})"
+        if key is None:
+            known = ", ".join(models.KNOWN)
+            return (f"no expectation can be recorded for {self.label}: [claim.expect] names the models massact knows "
+                    f"by architecture and weights ({known}; massact/models.py KNOWN), and a verdict other than holds "
+                    f"fails where none is recorded; {got}. Compare runs of this model with --baseline instead")
+        path = self.session.stash.get(RECORDS, {}).get(self.record.key, self.path)
+        where = path.relative_to(self.config.rootpath) if path.is_relative_to(self.config.rootpath) else path
+        line = expectations.toml_line(key, entry.verdict, expectations.measured_reason(entry.to_dict()))
+        return (f"no expectation recorded for {key}; {got}.\nTo record it, add to the [claim.expect] table of "
+                f"{self.record.key} in {where}:\n    {line}\n(or, after the run, `python -m massact expect "
+                "RESULTS.json --write` records every missing one)")
 
 
 @pytest.fixture(scope="session")
@@ -435,6 +454,11 @@ class Controller:
                           f"{doc['pass_seconds']:.1f} s in passes)")
         if self.report_line:
             tr.write_line(self.report_line)
+        unrecorded = [e for e in doc["results"] if e.get("verdict") in expectations.JUDGED and not e.get("expected")]
+        if unrecorded:
+            where = self.run.run_dir / "results.json" if self.run.run_dir else "RESULTS.json"
+            tr.write_line(f"{len(unrecorded)} verdict(s) with no expectation recorded in claims/*.toml (holds is assumed): "
+                          f"`python -m massact expect {where}` prints their [claim.expect] lines, --write records them")
         if self.baseline_lines:
             tr.section("massact baseline", red=self.baseline_failed, bold=self.baseline_failed)
             for line in self.baseline_lines:
@@ -457,6 +481,7 @@ def _provenance(config) -> dict:
             versions[pkg] = None
     return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": shlex.join([*_launcher(sys.argv[0]), *config.invocation_params.args]),
+            "rootdir": str(root),  # what the items' node ids (claims/<file>.toml::...) are relative to
             "git_commit": commit, "git_dirty": dirty, "resamples": config.getoption("resamples"),
             "bootstrap_seed": config.getoption("bootstrap_seed"),
             "versions": versions}

@@ -127,8 +127,8 @@ def test_requests_are_hashable_and_merge_only_within_one_pass() -> None:
     assert (PROFILE | TOKENS).stats == PROFILE.stats | TOKENS.stats
     with pytest.raises(ValueError, match="cannot merge"):
         PROFILE | PROFILE.under(ZeroMLP())
-    with pytest.raises(ValueError, match="cannot merge"):
-        PROFILE | want("attn.*", "entropy")
+    merged = PROFILE | want("attn.*", "entropy")  # eager attention serves both: one eager pass
+    assert merged.eager and not PROFILE.eager and merged.describe() == "none +attention"
     assert Request().describe() == "none"
 
 

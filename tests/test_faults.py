@@ -77,7 +77,7 @@ CONFTEST = '''
 import dataclasses, errno, hashlib, json, os, signal
 from pathlib import Path
 import pytest
-from massact import capture, checks, models
+from massact import checks, models, reducers
 from massact.report import html, results
 
 FAULT = os.environ.get("MASSACT_FAULT", "none")
@@ -113,12 +113,12 @@ def pytest_configure(config):
         return lm
     mp.setattr(models, "load", loading)
 
-    update = capture.HeadStats.update
+    update = reducers.HeadStats.update
 
     def in_hook(self, *a):
         fire("hook")
         return update(self, *a)
-    mp.setattr(capture.HeadStats, "update", in_hook)
+    mp.setattr(reducers.HeadStats, "update", in_hook)
 
     chk = checks.CHECKS["first_token_scores"]
 

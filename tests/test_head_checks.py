@@ -21,6 +21,14 @@ def test_ranked_and_random_heads():
     assert hm.random_heads(2, 3, 3, seed=0) == hm.random_heads(2, 3, 3, seed=0)
 
 
+def test_too_few_heads_for_the_random_control_is_invalid_naming_both_numbers():
+    """3 top and 3 bottom heads of a model with 8 leave 2 to draw 3 random heads from."""
+    v = judge(record("ablate.top_vs_bottom_heads", "correct_method"), context(tiny_model("llama"), "tiny-llama"))
+    assert v.verdict == "invalid"
+    assert v.reason == ("the random-heads control cannot be drawn: 3 random heads asked for, but only 2 of the model's 8 "
+                        "heads (2 layers x 4) lie outside the 6 excluded")
+
+
 def test_layer_matched_heads():
     heads, exclude = [(1, 0), (3, 1), (3, 2)], [(1, 0), (3, 1), (3, 2), (1, 3)]
     got = hm.layer_matched_heads(heads, 4, seed=0, exclude=exclude)

@@ -132,7 +132,11 @@ def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     s = scores(ctx, p.rank_by)  # the ranking, from all of the claim's samples
     L, H = s.shape
     top, bottom = hm.ranked(s, p.k), hm.ranked(s, p.k, top=False)
-    draws = {"random": [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)],
+    try:
+        rand = [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)]
+    except hm.TooFewHeads as e:
+        raise ClaimInvalid(f"the random-heads control cannot be drawn: {e}") from None
+    draws = {"random": rand,
              "layer_matched": [h for d in range(p.random_draws)
                                if (h := hm.layer_matched_heads(bottom, H, seed=d, exclude=top + bottom))]}
     base = _top1(ctx, ctx.run(PROFILE))

@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.capture import HEAD_PROFILE
 from massact.checks.base import ClaimInvalid, Condition, Context, Measurement, Outcome, Params, check, fixed
+from massact.reducers import HEAD_PROFILE
 from massact.engine import PassResult
 from massact.metrics import headtypes as ht
 from massact.models import random_init

@@ -8,9 +8,9 @@ import torch
 
 from massact import figures as fig
 from massact.arch import read_weight
-from massact.capture import ENERGY_FRACS
 from massact.checks.base import (PROFILE, ClaimInvalid, Condition, Context, MassiveDef, Measurement, Outcome, Params,
                                  check, check_layer, fixed, massive_layers, massive_spans, profile, ranges)
+from massact.reducers import ENERGY_FRACS
 from massact.metrics import outliers as out
 from massact.requests import want
 

@@ -74,9 +74,12 @@ def bound_text(e: dict) -> str:
 
 
 def expectation(e: dict) -> str:
-    """'' when the verdict is the one the claim record expects on this model; else what it expects."""
-    exp = e.get("expected")
-    return "" if not exp or exp == e.get("verdict") else f"expected {exp}"
+    """'' when the verdict is the one the claim record expects on this model; else what it expects, or that it
+    expects nothing (a verdict other than holds then fails)."""
+    exp, verdict = e.get("expected"), e.get("verdict")
+    if not exp:
+        return "no expectation recorded" if verdict in ("refuted", "inconclusive", "non-specific", "invalid") else ""
+    return "" if exp == verdict else f"expected {exp}"
 
 
 def label(e: dict) -> str:

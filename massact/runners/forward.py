@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from massact.arch import Adapter
-from massact.capture import all_points, capture, collect, hooked, reducers_for
+from massact.capture import all_points, capture, collect, hooked
+from massact.reducers import reducers_for
 from massact.interventions import Intervention
 from massact.models import LoadedModel
 from massact.requests import LOSS_POINT
@@ -23,7 +24,7 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     ``resume=(l, states)``: run blocks l.. only, block l reading ``states`` (N, T, D), the output of
     block l - 1 for these samples; no point before block l may be asked for.
     """
-    points = all_points(lm.adapter, lm.n_layers)
+    points = all_points(lm.adapter, lm.n_layers, lm.config)
     hooked = [points[name] for name in wants if name != LOSS_POINT]
     if resume is not None and (early := [p.name for p in hooked if p.layer < resume[0]]):
         raise ValueError(f"a pass resuming at block {resume[0]} does not compute {early}")
@@ -38,7 +39,7 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     with torch.no_grad(), resumed(lm.model, lm.adapter, resume[0] if resume else None, state_ref), \
             intervention.applied(lm.model, lm.adapter), eager_attention(lm.model, eager):
         with capture(lm.model, lm.adapter, hooked, mask_ref=mask_ref,
-                     make_reducers=lambda p: reducers_for(wants[p.name])) as reducers:
+                     make_reducers=lambda p: reducers_for(wants[p.name], p.shape)) as reducers:
             for i in range(0, len(ids), batch_size):
                 b_ids, b_mask = ids[i:i + batch_size].to(lm.device), mask[i:i + batch_size].to(lm.device)
                 mask_ref["mask"] = b_mask
