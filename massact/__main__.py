@@ -2,6 +2,9 @@
 
     python -m massact report RESULTS [-o OUT]   re-render report.html from a results.json
     python -m massact diff A B                  differences of B against baseline A; exit 1 on a regression
+
+Exit 1 means a regression and nothing else; a file that cannot be read or is not a results
+document is a usage error, exit 4 (as pytest's), with a message naming it and what is wrong.
 """
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from massact.errors import ResultsFileError
 from massact.report import diff, html
 from massact.report.results import read_results
+
+USAGE_ERROR = 4  # pytest's exit status for a usage error
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -51,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (OSError, ValueError) as e:  # a missing or unreadable file: say so, no traceback
+    except (ResultsFileError, OSError) as e:  # a file that is missing, unreadable or not a results document
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":
