@@ -153,8 +153,9 @@ def _decode(decoder, block: bytes, f: Path, *, offset: int, final: bool = False)
     try:
         return decoder.decode(block, final=final)
     except UnicodeDecodeError as e:
-        raise CorpusError(f"corpus file {f} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-                          f"{offset - pending + e.start}); pass plain text files, or convert this one to UTF-8") from None
+        at = offset - pending + e.start
+        raise CorpusError(f"corpus file {f} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at}); "
+                          "pass plain text files, or convert this one to UTF-8") from None
 
 
 def samples(corpus: Corpus, tokenizer, *, context: int) -> torch.Tensor:
@@ -212,7 +213,7 @@ def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | No
     token's character span. The text is longer than the model's context on purpose: it is cut into
     samples after, so transformers' warning about its length (verbose) would only mislead."""
     fast = getattr(tokenizer, "is_fast", False)
-    enc = tokenizer(text, add_special_tokens=False, verbose=False, return_offsets_mapping=fast)
+    enc = tokenizer(text, add_special_tokens=False, verbose=False, **({"return_offsets_mapping": True} if fast else {}))
     return enc["input_ids"], enc["offset_mapping"] if fast else None
 
 

@@ -537,7 +537,8 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the tokenizer stored in {path} ({type(e).__name__}: {e}); the GGUF "
-                             "lacks tokenizer.ggml.* metadata or it is broken: re-export it with its tokenizer") from None
+                             "lacks tokenizer.ggml.* metadata or it is broken: re-export it with its tokenizer"
+                             ) from None
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):

@@ -157,8 +157,8 @@ def compare(base: dict, new: dict, *, rel_tol: float = REL_TOL, abs_tol: float =
     out: list[Change] = []
     unlisted = new.get("complete") is False and "not_run" not in new  # incomplete, and not saying what it left
     if unlisted:
-        out.append(Change("*", "*", "incomplete", f"{len(b)} results", f"{len(n)} results; incomplete, lists no not_run",
-                          True))
+        out.append(Change("*", "*", "incomplete", f"{len(b)} results",
+                          f"{len(n)} results; incomplete, lists no not_run", True))
     for key in list(b) + [k for k in n if k not in b]:
         claim, model = f"{key[0]}/{key[1]}".rstrip("/"), shown(key[2])
         if key not in n:

@@ -163,16 +163,16 @@ def _kind(v) -> str:
             else "a string" if isinstance(v, str) else "a list" if isinstance(v, list) else "a table")
 
 
-_S, _N, _T, _L = (str,), (int, float), (dict,), (list,)
+_S, _T, _L = (str,), (dict,), (list,)
 # a results document's fields and its entries': the types each may have where present (None: null too)
 DOC_TYPES = {"complete": (bool,), "models": _T, "corpus": _T, "passes": _L, "not_run": _L, "deselected": _L,
-             "started": _S + (type(None),), "command": _S + (type(None),)}
-ENTRY_TYPES = {"claim": _S, "variant": _S, "model": _S + (type(None),), "spec": _S + (type(None),), "verdict": _S,
-               "summary": _S, "reason": _S, "version": (int, type(None)), "threshold": _S, "primary": _S + (type(None),),
-               "unit": _S, "bound": _T + (type(None),), "values": _T, "intervals": _T, "samples": (int, type(None)),
-               "bootstrap": _T, "controls": _T, "selections": _T, "params": _T, "details": _T, "figures": _L,
-               "artifacts": _T, "nodeid": _S, "expected": _S + (type(None),)}
-ITEM_TYPES = {"claim": _S, "variant": _S, "model": _S + (type(None),), "spec": _S + (type(None),), "nodeid": _S}
+             "started": (str, type(None)), "command": (str, type(None))}
+_SN, _IN = (str, type(None)), (int, type(None))
+ENTRY_TYPES = {"claim": _S, "variant": _S, "model": _SN, "spec": _SN, "verdict": _S, "summary": _S, "reason": _S,
+               "version": _IN, "threshold": _S, "primary": _SN, "unit": _S, "bound": (dict, type(None)), "values": _T,
+               "intervals": _T, "samples": _IN, "bootstrap": _T, "controls": _T, "selections": _T, "params": _T,
+               "details": _T, "figures": _L, "artifacts": _T, "nodeid": _S, "expected": _SN}
+ITEM_TYPES = {"claim": _S, "variant": _S, "model": _SN, "spec": _SN, "nodeid": _S}
 
 
 def problem(doc) -> str | None:
