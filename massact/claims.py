@@ -142,7 +142,7 @@ def _model_key(name: str, field_name: str) -> str:
             return name
         raise ClaimRecordError(f"field '{field_name}': {name!r} must be other:<hub id as owner/name> or "
                                "other:<absolute path>, as the model is given to --model")
-    names = [DOCUMENT, *KNOWN, *(h for k in KNOWN.values() for h in k.hub_ids)]
+    names = list(dict.fromkeys([DOCUMENT, *KNOWN, *(h for k in KNOWN.values() for h in k.hub_ids)]))
     near = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
     hint = f"did you mean {near[0]!r}? " if near else ""
     other = " (or other:<hub id or absolute path> for any other model)" if field_name.startswith("expect") else ""
