@@ -6,7 +6,9 @@
                                                 the missing and changed ones in claims/*.toml
     python -m massact points MODEL              every capture point of MODEL with its shape, every statistic
 
-Only ``points`` imports torch (it loads the model).
+Only ``points`` imports torch (it loads the model). Exit 1 means a regression and nothing else; a file
+that cannot be read or is not a results document is a usage error, exit 4 (as pytest's), with a
+message naming it and what is wrong.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from massact import expectations
 from massact.errors import MassactError
 from massact.report import diff, html
 from massact.report.results import read_results
+
+USAGE_ERROR = 4  # pytest's exit status for a usage error
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -96,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (OSError, ValueError, MassactError) as e:  # a missing or unreadable file, an unknown model: no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (MassactError, OSError, ValueError) as e:  # a file missing, unreadable or not a results document;
+        print(f"error: {e}", file=sys.stderr)  # an unknown model: a usage error, no traceback
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

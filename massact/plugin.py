@@ -29,13 +29,13 @@ from pathlib import Path
 import pytest
 
 from massact import expectations, models
-from massact.claims import BadRecord, Claim, load_records
+from massact.claims import DOCUMENT, OTHER, BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus
 from massact.errors import BadOption, MassactError, ModelUnavailable
 from massact.progress import Progress, WorkerLines
 from massact.report import diff, html, terminal
 from massact.report import pytest_html as massact_html
-from massact.report.results import Entry, Run
+from massact.report.results import Entry, Run, under
 from massact.session import Session
 from massact.verdict import RESAMPLES
 
@@ -130,6 +130,12 @@ def pytest_configure(config):
             config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
+def pytest_report_header(config) -> list[str]:
+    session = config.stash.get(SESSION, None)
+    note = session.corpus.note() if session else None
+    return [f"massact: {note}"] if note else []
+
+
 def _check_writable(report_dir: Path) -> None:
     """--report-dir, or the directory it would be made in, must be one this process can write to."""
     where = report_dir
@@ -207,6 +213,12 @@ class ClaimItem(pytest.Item):
     def reportinfo(self):
         return self.path, None, self.name
 
+    def repr_failure(self, excinfo, style=None):
+        """An expected verdict (xfail) shows its measured reason, not pytest's and pluggy's frames."""
+        if isinstance(excinfo.value, pytest.xfail.Exception):
+            return excinfo.value.msg
+        return super().repr_failure(excinfo, style)
+
     def _finish(self, entry: Entry) -> None:
         entry.model, entry.spec, entry.nodeid = self.label, self.spec, self.nodeid
         self.entry = entry
@@ -269,7 +281,8 @@ class ClaimItem(pytest.Item):
         """Pass, xfail or fail: the verdict against the one the record expects on this model."""
         __tracebackhide__ = True
         rec = self.record
-        expected = rec.expect.get(session.identity(self.spec) if self.spec else "document")
+        known = session.identity(self.spec) if self.spec else DOCUMENT
+        expected = rec.expect.get(known) if known else rec.expect.get(OTHER + self.spec)
         if expected:
             entry.expected, entry.expected_reason = expected.verdict, expected.reason
         n = session.samples_for(rec)
@@ -352,7 +365,7 @@ class Controller:
         self.write_error: str | None = None  # why results.json could not be written, when it could not
         self.report_line, self.report_failed = "", False
         self.baseline_lines: list[str] = []
-        self.baseline_failed = False
+        self.baseline_failed = self.baseline_unreadable = False
         self.all_skipped = False
 
     def wall(self) -> float:
@@ -416,7 +429,9 @@ class Controller:
                 self._report_and_baseline(doc)
         verdicts = {e["verdict"] for e in self.run.results}
         self.all_skipped = self.complete and verdicts == {"skipped"} and not self.config.getoption("allow_all_skipped")
-        if session.exitstatus == pytest.ExitCode.OK:
+        if self.baseline_unreadable and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR  # the --baseline given is not a results document
+        elif session.exitstatus == pytest.ExitCode.OK:
             if self.write_error or self.report_failed or self.baseline_failed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             elif self.all_skipped:
@@ -425,7 +440,7 @@ class Controller:
     def _report_and_baseline(self, doc: dict) -> None:
         """report.html beside results.json (also for a failed or cut-off run); then --baseline."""
         try:
-            self.report_line = f"report: {html.write_report(doc, self.run.run_dir / 'report.html')}"
+            self.report_line = f"report: {html.write_report(doc, under(self.run.run_dir, 'report.html'))}"
         except Exception as e:  # noqa: BLE001 - results.json is written; say why the page is not
             self.report_line, self.report_failed = f"report.html NOT written: {type(e).__name__}: {e}", True
         path = self.config.getoption("baseline")
@@ -433,6 +448,7 @@ class Controller:
             path = Path(path) if Path(path).is_absolute() else self.config.invocation_params.dir / path
             outcome = diff.check_baseline(doc, path, update=self.config.getoption("update_baseline"))
             self.baseline_lines, self.baseline_failed = outcome.lines, outcome.failed
+            self.baseline_unreadable = outcome.unreadable
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not (self.run.entries or self.run.expected):
@@ -442,6 +458,9 @@ class Controller:
         doc = self.run.document(complete=self.complete, wall_seconds=self.wall())
         for line in terminal.summary_lines(doc, verbose=config.getoption("verbose"), width=120):
             tr.write_line(line)
+        note = config.stash[SESSION].corpus.note()
+        if note:
+            tr.write_line(note, yellow=True)
         if doc["not_run"]:
             why = f"interrupted by {self.interrupted}" if self.interrupted else "the run stopped early"
             tr.write_line(f"INCOMPLETE ({why}): {len(doc['not_run'])} of {len(self.run.expected or ())} collected "

@@ -1,16 +1,24 @@
-"""Corpus loading and deterministic sampling, with the BERT tokenizer of the installed MiniLM."""
+"""Corpus loading and deterministic sampling, with the BERT tokenizer of the installed MiniLM; the
+samples of the bundled corpora pinned for every built-in model's tokenizer; a corpus read in blocks,
+regular files only, up to its cap, and tokenized window by window into the same ids."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import importlib.metadata
+import os
+import random
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from massact.corpus import DEFAULT_CORPUS, CorpusSettings, first, load_corpus, samples
+from builders import char_tokenizer
+from massact import corpus as corpus_module
+from massact.corpus import DEFAULT_CORPUS, CorpusSettings, first, load_corpus, samples, token_ids
 from massact.errors import CorpusError, MassactError, SequenceTooLong
+from massact.requests import LONG_TEXT
 
 CONTEXT = 512  # MiniLM's positions
 
@@ -216,3 +224,174 @@ def test_bad_settings_rejected(kw: dict) -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         CorpusSettings().seed = 1  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- the samples every recorded verdict rests on
+
+# sha256 (first 16 hex digits) and shape of every sample of the bundled corpora, as massact drew them
+# before the corpus was read in blocks and tokenized in windows: (tokenizer, corpus, seqlen, seed, bos)
+PINNED = {
+    ("char", "corpus", 128, 0, False): ("56392c992f2f7fc1", (559, 128)),
+    ("char", "corpus", 128, 3, True): ("576342da878952da", (563, 128)),
+    ("char", "corpus", 1024, 0, False): ("e906f8145ff79f94", (69, 1024)),
+    ("char", "corpus", 2048, 0, True): ("e5525684edf16762", (34, 2048)),
+    ("char", "long", 128, 0, False): ("1256f0f67c62a7ae", (827, 128)),
+    ("char", "long", 128, 3, True): ("000eabe8a217be3d", (833, 128)),
+    ("char", "long", 1024, 0, False): ("5e082fe5ca9f212f", (103, 1024)),
+    ("char", "long", 2048, 0, True): ("6c96f64eaad6746e", (51, 2048)),
+    ("minilm-l6", "corpus", 128, 0, False): ("abadff4354f30201", (136, 128)),
+    ("minilm-l6", "corpus", 128, 3, True): ("20ceeeac80b863b0", (137, 128)),
+    ("minilm-l6", "corpus", 1024, 0, False): ("4352217e97cc6c94", (17, 1024)),
+    ("minilm-l6", "corpus", 2048, 0, True): ("5a790ab840a43b9f", (8, 2048)),
+    ("minilm-l6", "long", 128, 0, False): ("3e8c68f37826776a", (189, 128)),
+    ("minilm-l6", "long", 128, 3, True): ("ca060c581131aad4", (190, 128)),
+    ("minilm-l6", "long", 1024, 0, False): ("ba7a4d70b9b72f90", (23, 1024)),
+    ("minilm-l6", "long", 2048, 0, True): ("83cb2e9a12e6812b", (11, 2048)),
+    ("smollm2-135m", "corpus", 128, 0, False): ("da82b0d4d726e23d", (142, 128)),
+    ("smollm2-135m", "corpus", 128, 3, True): ("8a754041fb2c837e", (143, 128)),
+    ("smollm2-135m", "corpus", 1024, 0, False): ("32f216dded6ed918", (17, 1024)),
+    ("smollm2-135m", "corpus", 2048, 0, True): ("9f978374dbad938f", (8, 2048)),
+    ("smollm2-135m", "long", 128, 0, False): ("7ecf849158746b76", (199, 128)),
+    ("smollm2-135m", "long", 128, 3, True): ("177a5b8bb694232b", (200, 128)),
+    ("smollm2-135m", "long", 1024, 0, False): ("1ecd782fcbbd1acf", (24, 1024)),
+    ("smollm2-135m", "long", 2048, 0, True): ("0fdcea81f0ab2bb8", (12, 2048)),
+    ("gemma3-270m", "corpus", 128, 0, False): ("a76765498d13b714", (138, 128)),
+    ("gemma3-270m", "corpus", 128, 3, True): ("dc2b6168f1b978cf", (139, 128)),
+    ("gemma3-270m", "corpus", 1024, 0, False): ("5b45fde8a405fd9c", (17, 1024)),
+    ("gemma3-270m", "corpus", 2048, 0, True): ("b71f9511155ea5c9", (8, 2048)),
+    ("gemma3-270m", "long", 128, 0, False): ("2ad60608e98081fe", (191, 128)),
+    ("gemma3-270m", "long", 128, 3, True): ("7ec361cd21da8538", (193, 128)),
+    ("gemma3-270m", "long", 1024, 0, False): ("ef00dda5c884048d", (23, 1024)),
+    ("gemma3-270m", "long", 2048, 0, True): ("65565f52fb67e1c8", (11, 2048)),
+}
+CORPORA = {"corpus": DEFAULT_CORPUS, "long": LONG_TEXT}
+
+
+@pytest.fixture(scope="module", params=["char", "minilm-l6", "smollm2-135m", "gemma3-270m"])
+def any_tokenizer(request):
+    """The tests' character tokenizer, and each built-in model's own (read from its package: the GGUF's
+    tokenizer without dequantizing its weights)."""
+    from transformers import AutoTokenizer
+
+    from massact import models
+
+    if request.param == "char":
+        return request.param, char_tokenizer()
+    try:
+        path = models._builtin_path(request.param)
+        if request.param in models.CHUNKED:
+            path, _ = models._assembled_gguf(request.param, path)
+    except models.ModelUnavailable as e:
+        pytest.skip(str(e))
+    kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    return request.param, AutoTokenizer.from_pretrained(path.parent if kw else path, **kw)
+
+
+def test_the_samples_of_the_bundled_corpora_are_the_ones_every_verdict_was_recorded_on(any_tokenizer) -> None:
+    name, tok = any_tokenizer
+    for (tname, cname, seqlen, seed, bos), (digest, shape) in PINNED.items():
+        if tname != name:
+            continue
+        got = samples(_load(path=str(CORPORA[cname]), seqlen=seqlen, seed=seed, bos=bos), tok, context=4096)
+        assert tuple(got.shape) == shape and got.dtype == torch.long
+        assert hashlib.sha256(got.numpy().tobytes()).hexdigest()[:16] == digest, (cname, seqlen, seed, bos)
+
+
+def _awkward_text() -> str:
+    """Text whose windows end anywhere: mixed scripts, emoji (several byte-level tokens per character),
+    runs of one character longer than a window, blank lines, tabs."""
+    rnd = random.Random(0)
+    alphabet = "ab cd\n\n\t  \u00e9\u00fc\u4e2d\u6587\U0001f642,.;'\"-_=xyz0123456789"
+    return ("".join(rnd.choice(alphabet) for _ in range(20_000)) + "x" * 3000 + " " * 1500 + "=" * 4000
+            + _load().text[:12_000])
+
+
+@pytest.mark.parametrize("window", [512, 4096])
+def test_windows_give_the_ids_of_the_whole_text(any_tokenizer, monkeypatch, window) -> None:
+    """Small windows put many seams in the bundled corpora and in awkward text: the ids are those of
+    the text tokenized as one string."""
+    name, tok = any_tokenizer
+    monkeypatch.setattr(corpus_module, "WINDOW", window)
+    for text in (_load().text, _load(path=str(LONG_TEXT)).text, _awkward_text()):
+        assert len(text) > 8 * window
+        whole = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+        assert token_ids(text, tok).tolist() == whole
+
+
+def test_a_tokenizer_whose_seams_never_agree_is_read_whole(monkeypatch) -> None:
+    """Where no seam holds (here: a marker token begins every call, as a tokenizer that prefixes each
+    input would), the window grows to the whole text: the ids are still those of one string."""
+    tok = char_tokenizer()
+    calls = []
+
+    class Prefixing:
+        is_fast = True
+
+        def __call__(self, text, **kw):
+            calls.append(len(text))
+            enc = tok(text, **kw)
+            return {"input_ids": [-1, *enc["input_ids"]], "offset_mapping": [(0, 0), *enc.get("offset_mapping", [])]}
+
+    monkeypatch.setattr(corpus_module, "WINDOW", 1024)
+    text = _load().text[:20_000]
+    assert token_ids(text, Prefixing()).tolist() == [-1, *tok(text, add_special_tokens=False)["input_ids"]]
+    assert max(calls) == len(text)
+
+
+# ---------------------------------------------------------------- reading: regular files, in blocks, to the cap
+
+def test_a_corpus_over_the_cap_is_read_to_it_and_says_so(tmp_path: Path) -> None:
+    words = " ".join(f"word{i}" for i in range(2000))  # ~17 KB
+    (tmp_path / "a.txt").write_text(words, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(words, encoding="utf-8")
+    c = load_corpus(CorpusSettings(path=str(tmp_path)), cap=10_000)
+    total = 2 * len(words.encode())
+    assert c.truncated == {"cap_bytes": 10_000, "bytes_read": 10_000, "bytes_total": total, "files_read": 1,
+                           "files": 2}
+    assert len(c.text.encode()) <= 10_000 and words.startswith(c.text) and c.text.endswith(("0", "1", "2", "3",
+                                                                                            "4", "5", "6", "7",
+                                                                                            "8", "9"))
+    assert words[len(c.text)] == " "  # cut after the last whole word read
+    assert c.describe()["truncated"] == c.truncated and c.sha256 == hashlib.sha256(c.text.encode()).hexdigest()
+    assert "over the cap of" in c.note() and f"{total / 2**20:.1f} MiB" in c.note()
+    under = load_corpus(CorpusSettings(path=str(tmp_path)), cap=total)
+    assert under.truncated is None and under.note() is None and "truncated" not in under.describe()
+    assert under.text == f"{words}\n\n{words}"
+
+
+def test_reading_in_blocks_gives_the_text_a_whole_read_gives(tmp_path: Path, monkeypatch) -> None:
+    """Blocks end inside multi-byte characters and between \\r and \\n: the text (and its hash) is that
+    of Path.read_text, newlines translated as it does."""
+    text = "caf\u00e9 \U0001f642 line\r\nnext\rlast\n" * 200
+    (tmp_path / "a.txt").write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(corpus_module, "BLOCK", 7)
+    assert _load(path=str(tmp_path)).text == (tmp_path / "a.txt").read_text(encoding="utf-8").strip()
+
+
+def test_a_bad_byte_is_located_across_blocks(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a.txt").write_bytes("\u00e9t\u00e9 ".encode() * 10 + b"\xff")
+    monkeypatch.setattr(corpus_module, "BLOCK", 4)
+    with pytest.raises(CorpusError, match=r"byte 0xff at offset 60\)"):
+        _load(path=str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_only_regular_files_are_read(tmp_path: Path, kind: str) -> None:
+    """A FIFO named *.txt would block a plain read forever: it is refused at once, named, as is a directory."""
+    (tmp_path / "a.txt").write_text("fine text", encoding="utf-8")
+    odd = tmp_path / "b.txt"
+    os.mkfifo(odd) if kind == "fifo" else odd.mkdir()
+    result: list = []
+    reader = threading.Thread(target=lambda: result.append(_try_load(tmp_path)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert result, "reading the corpus blocked"
+    assert isinstance(result[0], CorpusError) and str(odd) in str(result[0])
+    assert f"is a {'FIFO' if kind == 'fifo' else 'directory'}, not a regular file" in str(result[0])
+
+
+def _try_load(path: Path):
+    try:
+        return _load(path=str(path))
+    except CorpusError as e:
+        return e
