@@ -2,6 +2,9 @@
 
     python -m massact report RESULTS [-o OUT]   re-render report.html from a results.json
     python -m massact diff A B                  differences of B against baseline A; exit 1 on a regression
+    python -m massact history RUN... [-o OUT]   each claim across runs (oldest first): verdicts, values, history.html
+
+Installed, the console script `massact` takes the same subcommands (`massact history RUN...`).
 """
 from __future__ import annotations
 
@@ -9,8 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from massact.report import diff, html
+from massact.report import diff, history, html
 from massact.report.results import read_results
+
+
+def _prog() -> str:
+    """How the user called it: the console script, or the module."""
+    return "python -m massact" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -34,8 +42,18 @@ def _diff(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    runs = history.load(args.runs, labels=args.label)
+    found = history.series(runs)
+    for line in history.text_lines(runs, found):
+        print(line)
+    path = history.write_page(runs, found, args.output)
+    print(f"\nhistory page: {path} ({len(found)} claim and model series, {path.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m massact", description="massact reports outside pytest")
+    p = argparse.ArgumentParser(prog=_prog(), description="massact reports outside pytest")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="re-render report.html from a results.json")
     r.add_argument("results", type=Path, metavar="RESULTS")
@@ -48,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"relative move of a primary value that fails, if also outside A's interval (default: {diff.REL_TOL})")
     d.add_argument("--abs-tol", type=float, default=diff.ABS_TOL, help=f"moves below this never fail (default: {diff.ABS_TOL})")
     d.set_defaults(fn=_diff)
+    h = sub.add_parser("history", help="each claim across a series of runs: verdicts, values, verdict changes")
+    h.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="results.json files or run folders, oldest first")
+    h.add_argument("--label", action="append", default=None,
+                   help="a name for each run, in the order of the runs (default: the model, its version and dtype "
+                        "where they tell the runs apart, else when each started)")
+    h.add_argument("-o", "--output", type=Path, default=Path("history.html"),
+                   help="where to write the page (default: history.html)")
+    h.set_defaults(fn=_history)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
