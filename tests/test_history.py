@@ -129,11 +129,12 @@ def test_each_model_is_followed_on_its_own_and_a_missing_claim_is_no_change(tmp_
     mlp = found[("ablate.mlp_all/general", "smollm2-135m")]
     assert mlp.verdicts() == ["holds", "", "holds"] and mlp.changes == []
     assert not any(s.claim.endswith("/gpt2") for s in found.values())  # skipped in every run: left out
-    out = cli(*runs and [r.path for r in runs], "-o", tmp_path / "h.html")
+    out = cli(*(r.path for r in runs), "-o", tmp_path / "h.html")
     assert out.returncode == 0, out.stderr
     assert "not in this run" in out.stdout
     assert "1 claim(s) whose verdict changed across 3 runs" in out.stdout
-    assert "massive.exists/general on smollm2-135m: -96.5% (13664x -> 480x in" in out.stdout
+    assert "massive.exists/general on smollm2-135m: -96.5% (13664x -> 480x in smollm2-135m 33333333, threshold ≥ 1000x)" \
+        in out.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

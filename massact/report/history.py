@@ -209,7 +209,9 @@ def shift_text(s: Series, runs: list[Run]) -> str:
         return ""
     rel, at = sh
     first = next(e for e in s.entries if e and judged(e))
-    return f"{rel:+.1%} ({cell(first).split(' [')[0]} -> {cell(s.entries[at]).split(' [')[0]} in {runs[at].label})"
+    against = f", threshold {bound_text(s.latest)}" if bound_text(s.latest) else ""
+    return (f"{rel:+.1%} ({cell(first).split(' [')[0]} -> {cell(s.entries[at]).split(' [')[0]} in {runs[at].label}"
+            f"{against})")
 
 
 def text_lines(runs: list[Run], found: list[Series]) -> list[str]:
