@@ -5,7 +5,9 @@
     python -m massact expect RESULTS [--write]  the [claim.expect] lines of a run's verdicts; --write records
                                                 the missing and changed ones in claims/*.toml
     python -m massact points MODEL              every capture point of MODEL with its shape, every statistic
+    python -m massact history RUN... [-o OUT]   each claim across runs (oldest first): verdicts, values, history.html
 
+Installed, the console script `massact` takes the same subcommands (`massact history RUN...`).
 Only ``points`` imports torch (it loads the model). Exit 1 means a regression and nothing else; a file
 that cannot be read or is not a results document is a usage error, exit 4 (as pytest's), with a
 message naming it and what is wrong.
@@ -18,10 +20,15 @@ from pathlib import Path
 
 from massact import expectations
 from massact.errors import MassactError
-from massact.report import diff, html
+from massact.report import diff, history, html
 from massact.report.results import read_results
 
 USAGE_ERROR = 4  # pytest's exit status for a usage error
+
+
+def _prog() -> str:
+    """How the user called it: the console script, or the module."""
+    return "python -m massact" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -66,11 +73,20 @@ def _points(args: argparse.Namespace) -> int:
     lm = models.load(args.model, dtype=args.dtype, device=args.device)
     for line in listing(lm):
         print(line)
+
+
+def _history(args: argparse.Namespace) -> int:
+    runs = history.load(args.runs, labels=args.label)
+    found = history.series(runs)
+    for line in history.text_lines(runs, found):
+        print(line)
+    path = history.write_page(runs, found, args.output)
+    print(f"\nhistory page: {path} ({len(found)} claim and model series, {path.stat().st_size / 1024:.0f} KiB)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m massact", description="massact reports outside pytest")
+    p = argparse.ArgumentParser(prog=_prog(), description="massact reports outside pytest")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="re-render report.html from a results.json")
     r.add_argument("results", type=Path, metavar="RESULTS")
@@ -97,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--dtype", default="float32")
     pt.add_argument("--device", default="cpu")
     pt.set_defaults(fn=_points)
+    h = sub.add_parser("history", help="each claim across a series of runs: verdicts, values, verdict changes")
+    h.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="results.json files or run folders, oldest first")
+    h.add_argument("--label", action="append", default=None,
+                   help="a name for each run, in the order of the runs (default: the model, its version and dtype "
+                        "where they tell the runs apart, else when each started)")
+    h.add_argument("-o", "--output", type=Path, default=Path("history.html"),
+                   help="where to write the page (default: history.html)")
+    h.set_defaults(fn=_history)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

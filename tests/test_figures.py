@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from massact.figures import KINDS, Bars, Bars3D, Curves, Heatmap, Histogram, Lines, Scatter, ScatterPanel
+from massact.figures import KINDS, Bars, Bars3D, Curves, Heatmap, Histogram, Lines, Ref, Scatter, ScatterPanel, Trend
 from massact.report.figures import draw
 from report_doc import results_doc
 
@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+TREND = Trend(title="massive.exists/general on m", caption="a value crossing its threshold",
+              runs=["v1", "v2", "v3", "v4"], values=[0.3, 3.0, None, 30.0],
+              intervals=[(0.25, 0.36), (2.5, 3.5), None, (28.0, 33.0)], verdicts=["refuted", "holds", "", "holds"],
+              colors=["#cf222e", "#1a7f37", "#6e7781", "#1a7f37"], changes=[1], y_label="margin", log_y=True,
+              refs=[Ref(1.0, "≥ 1")])
+
+
 def every_figure() -> list[dict]:
-    return [f for e in results_doc()["results"] for f in e.get("figures", [])]
+    """The report fixture's figures, and the history page's trend (no check draws one)."""
+    return [f for e in results_doc()["results"] for f in e.get("figures", [])] + [TREND.to_dict()]
 
 
 def texts(svg: str) -> list[str]:
@@ -86,6 +94,8 @@ def test_what_each_kind_shows():
     bars3d = texts(by_kind["bars3d"])
     assert "dim 507: 23400" in bars3d and '"Summer"' in bars3d and '" is"' in bars3d  # peak, quoted tokens
     assert "6 std" in texts(by_kind["histogram"])
+    trend = texts(by_kind["trend"])
+    assert {"v1", "v2", "v3", "v4", "≥ 1", "refuted", "holds"} <= set(trend)  # runs, threshold, verdicts
 
 
 def test_units_label_the_value_axis():
@@ -143,6 +153,9 @@ def test_the_kv_figures_draw_mib_per_sequence():
     Bars3D("flat", "", values=[[0.0]], rows=["<tok>"], cols=["0"]),
     Histogram("none", "", edges=[], counts={}),
     Curves("no curves", "", curves={}),
+    Trend("no values", "", runs=["a", "b"], values=[None, None], intervals=[None, None], verdicts=["invalid", ""],
+          colors=["#6e7781", "#6e7781"]),
+    Trend("no runs", "", runs=[], values=[], intervals=[], verdicts=[], colors=[]),
 ], ids=lambda f: f.title)
 def test_degenerate_records_still_draw(figure):
     root = ET.fromstring(draw(figure.to_dict()))

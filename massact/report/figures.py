@@ -314,6 +314,43 @@ def _curves(fig, f: dict) -> None:
     _legend(fig, ax)
 
 
+def _trend(fig, f: dict) -> None:
+    """Runs along x (oldest first), the value with its interval in the run's verdict colour, the verdict
+    written above each run, a dotted red line before each run whose verdict changed."""
+    ax = fig.add_subplot()
+    runs, verdicts, colors = f.get("runs", []), f.get("verdicts", []), f.get("colors", [])
+    x = np.arange(len(runs))
+    values = _array(f.get("values", []))
+    ax.plot(x[:len(values)], values, color=SPAN_COLOR, linewidth=1.2, zorder=1)  # the trend; gaps where no value
+    for i, (v, iv) in enumerate(zip(values, f.get("intervals", []))):
+        if not np.isfinite(v):
+            continue
+        lo, hi = iv if iv and None not in iv else (v, v)
+        ax.errorbar([i], [v], yerr=[[max(v - lo, 0.0)], [max(hi - v, 0.0)]], fmt="o", markersize=5, capsize=4,
+                    color=colors[i] if i < len(colors) else REF_COLOR, zorder=3)
+    if not np.isfinite(values).any():
+        _empty(ax, "primary value: the verdicts only")
+        ax.set_yticks([])
+    _refs(ax, f.get("refs", []))
+    changes = set(f.get("changes", []))
+    for i in sorted(changes):
+        ax.axvline(i - 0.5, color=MARK_COLOR, linestyle=":", linewidth=1.4)
+    for i, verdict in enumerate(verdicts):  # every run's verdict when they fit, else the changes and both ends
+        if verdict and (len(runs) <= 12 or i in changes or i in (0, len(runs) - 1)):
+            ax.annotate(verdict, xy=(i, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                        color=colors[i] if i < len(colors) else REF_COLOR, fontweight="bold" if i in changes else None)
+    _value_axis(ax, "y", unit=f.get("unit", ""), log=f.get("log_y", False))
+    step = max(1, math.ceil(len(runs) / 16))
+    tilt = max((len(str(r)) for r in runs), default=0) * len(runs) / step > 60  # the labels would overlap level
+    ax.set_xticks(x[::step], [str(r) for r in runs][::step], rotation=30 if tilt else 0,
+                  ha="right" if tilt else "center")
+    ax.set_xlim(-0.5, max(len(runs) - 0.5, 0.5))
+    ax.grid(False, axis="x")
+    ax.set_xlabel("run, oldest first")
+    ax.set_ylabel(f.get("y_label", ""))
+
+
 DRAWERS: dict[str, Callable[[Figure, dict], None]] = {
     "lines": _lines, "bars": _bars, "heatmap": _heatmap, "scatter": _scatter, "bars3d": _bars3d,
-    "histogram": _histogram, "curves": _curves}
+    "histogram": _histogram, "curves": _curves, "trend": _trend}
