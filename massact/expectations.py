@@ -10,6 +10,7 @@ unchanged keeps its hand-written reason.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +35,12 @@ def measured_reason(entry: dict) -> str:
     """Why an entry came out as it did, in one line: its reason (or summary) after its primary value."""
     value = measured(entry)
     why = entry.get("reason") or entry.get("summary") or ""
-    why = why.split(" [BCa ")[0]  # the bootstrap's own note adds nothing to a recorded reason
+    why = re.split(r" \[[\w/]*BCa ", why)[0]  # the bootstrap's own note ("[t/BCa 95% intervals...") adds nothing
     head = f"{value} vs {bound_text(entry)}" if value else ""
     values, intervals, unit = entry.get("values") or {}, entry.get("intervals") or {}, entry.get("unit") or ""
     fired = [f"{name} {number(values[name], unit)}" + (" [{}, {}]".format(*(number(x, unit) for x in intervals[name]))
                                                        if name in intervals else "")
-             for name, also in (entry.get("controls") or {}).items() if also and name in values]
+             for name, state in (entry.get("controls") or {}).items() if state == "also holds" and name in values]
     return "; ".join(x for x in (head, why, ", ".join(fired)) if x)
 
 
