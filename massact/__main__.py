@@ -73,6 +73,7 @@ def _points(args: argparse.Namespace) -> int:
     lm = models.load(args.model, dtype=args.dtype, device=args.device)
     for line in listing(lm):
         print(line)
+    return 0
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -192,11 +192,11 @@ def test_points_lists_every_point_with_its_measured_shape_and_every_statistic() 
 
 def test_points_command_on_a_saved_model(tmp_path, capsys) -> None:
     from builders import save_tiny
-    from massact.__main__ import main
+    from massact.__main__ import USAGE_ERROR, main
 
     save_tiny(tiny_model("gpt2"), tmp_path / "gpt2")
     assert main(["points", str(tmp_path / "gpt2")]) == 0
     out = capsys.readouterr().out
     assert "attn.{l}.v" in out and "(B, 4, T, 8)" in out and "received" in out
-    assert main(["points", "./nowhere"]) == 2
+    assert main(["points", "./nowhere"]) == USAGE_ERROR
     assert "error:" in capsys.readouterr().err
