@@ -70,8 +70,8 @@ def test_finds_the_planted_layer_feature_and_token(p):
     assert v.details["massive_layers"] == list(range(p["layer"], N_LAYER))
     r = ctx.run(want("block.*", "top_token", "top_feature"))
     for l in range(p["layer"], N_LAYER):
-        assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * 8
-        assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * 8
+        assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * SAMPLES
+        assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * SAMPLES
     dims = judge(record("massive.fixed_dims"), ctx)
     assert dims.verdict == "holds" and dims.values["top_dim"] == p["feature"], dims.summary
 
