@@ -100,7 +100,7 @@ def test_top_vs_bottom_heads_runs_every_arm():
     assert v.verdict == "refuted" and v.values["impact.top"] > 0.5, v.summary
     # baseline+attention, baseline, top, bottom, then one pass per distinct head set of the 20 random and the
     # 20 layer-matched draws: a draw that repeats an earlier one reuses its pass (the bottom heads' layers
-    # hold 1, 2 and 3 other heads here, so the layer-matched draws repeat 6 sets)
+    # hold 1, 2 and 3 other heads here: the 20 layer-matched draws are 6 sets)
     drawn = v.details["draws"]["random"] + v.details["draws"]["layer_matched"]
     assert len(drawn) == 2 * DRAWS and v.bootstrap["draws"] == DRAWS
     assert ctx.engine.n_passes == 4 + len({tuple(h) for h in drawn}) < 4 + 2 * DRAWS
