@@ -47,7 +47,7 @@ def test_gaussian_kurtosis_is_within_its_standard_error() -> None:
 
 
 def test_moments_read_in_chunks_match_one_pass(monkeypatch) -> None:
-    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(2)
     x = torch.distributions.StudentT(5.0).sample((5000,))
     whole = out.moments(x)
     monkeypatch.setattr(out, "_CHUNK", 333)

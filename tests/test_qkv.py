@@ -181,7 +181,7 @@ def test_points_lists_every_point_with_its_measured_shape_and_every_statistic() 
         text = "\n".join(listing(lm))
         assert f"{heads} query heads, {kv} KV heads" in text and note in text
         assert "\n  block.{l}" in text and "(B, T, 32)" in text
-        assert f"  attn.{{l}}.q" in text and f"(B, {heads}, T, {hd})" in text and f"(B, {kv}, T, {hd})" in text
+        assert "  attn.{l}.q" in text and f"(B, {heads}, T, {hd})" in text and f"(B, {kv}, T, {hd})" in text
         assert f"(B, {heads}, T, T)" in text
         up = "(B, T, 64)" if arch != "bert" else "(B, T, 64)"
         assert up in text  # the MLP's inner width

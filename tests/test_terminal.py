@@ -3,7 +3,6 @@ skipped items collapsed, a count line that keeps every verdict apart."""
 from __future__ import annotations
 
 
-import pytest
 
 from massact.report.terminal import bound_text, limit, measured, number, summary_lines
 from report_doc import results_doc
