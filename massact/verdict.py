@@ -15,7 +15,10 @@
    interval), and BCa at the level whose normal quantile equals that t quantile (the expanded BCa
    interval, which follows the skew of the statistic). benchmarks/coverage.py measures the pair's
    coverage on simulated data; from ``MIN_UNITS`` independent units on it covers at least 93% in
-   every cell of its grid (the table is in the README). Fewer units decide nothing.
+   every cell of its grid (the table is in the README). Fewer units decide nothing. A value that is
+   the exponential of a mean (a perplexity ratio, exp of a mean NLL difference) gets its interval on
+   the log scale, where the mean is, mapped back (``Measurement.log_scale``): Student's t on the
+   ratio itself would reach below zero for a ratio of 10^5 whose log spreads by a few nats.
 4. Sides. A condition's interval lies on its holding side, its failing side, or straddles.
    holds: every condition holds and every control is ruled out (fails). refuted: a condition that
    fails on all samples has its interval wholly on the failing side. non-specific: the claim holds
@@ -132,6 +135,7 @@ class Measurement:
     unit: str = ""  # how the primary is shown: "%" (a fraction), "x" (a factor), "" (plain)
     bound: dict | None = None  # the threshold on the primary as a number: {"op", "value", "abs"}
     conditions: list[Condition] = field(default_factory=list)
+    log_scale: frozenset[str] = frozenset()  # positive values (exp of a mean) whose interval is taken on their log
     selections: dict = field(default_factory=dict)  # made once from all samples: intervals are conditional on them
     details: dict = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
@@ -264,6 +268,7 @@ def judge(m: Measurement, o: Outcome, conds: list[Condition], *, point: bool, re
 
     def read(out: Outcome) -> list[float]:
         vals = [float(out.values[k]) if _number(out.values.get(k)) else math.nan for k in numeric]
+        vals = [_log(v) if k in m.log_scale else v for k, v in zip(numeric, vals)]
         return vals + [abs(float(out.values[k])) if _number(out.values.get(k)) else math.nan for k in magnitudes]
 
     every = [*conds, *controls.values()]
@@ -271,7 +276,8 @@ def judge(m: Measurement, o: Outcome, conds: list[Condition], *, point: bool, re
         return Judgement("inconclusive", _too_few(units, m.resampled), controls={k: "not ruled out" for k in controls},
                          bootstrap={"unit": m.resampled, "units": units, "samples": m.n, "min_units": MIN_UNITS})
     rs = resample(m, names, read, every, claim=len(conds), resamples=resamples, seed=seed)
-    sides = [_side(c, rs.intervals, held) for c, held in zip(every, rs.held)]
+    intervals = {k: [math.exp(x) for x in v] if k in m.log_scale else v for k, v in rs.intervals.items()}
+    sides = [_side(c, intervals, held) for c, held in zip(every, rs.held)]
     claim_sides, control_sides = sides[:len(conds)], dict(zip(controls, sides[len(conds):]))
     states = {k: {"fails": "ruled out", "holds": "also holds", "straddles": "not ruled out"}[s]
               for k, s in control_sides.items()}
@@ -282,7 +288,9 @@ def judge(m: Measurement, o: Outcome, conds: list[Condition], *, point: bool, re
         boot["draws"] = m.draws
     if controls:
         boot["controls"] = {k: f"{c.describe()}: {s}" for (k, c), s in zip(controls.items(), control_sides.values())}
-    j = Judgement("", "", rs.intervals, states, boot)
+    if m.log_scale:
+        boot["log_scale"] = sorted(m.log_scale)
+    j = Judgement("", "", intervals, states, boot)
     if units < MIN_UNITS:
         j.verdict, j.reason = "inconclusive", _too_few(units, m.resampled)
         return j
@@ -322,6 +330,10 @@ def _side(c: Condition, intervals: dict[str, list[float]], held: float) -> str:
         return c.side(*intervals[c.compared])
     tail = (1 - CONFIDENCE) / 2
     return "holds" if held >= 1 - tail else "fails" if held <= tail else "straddles"
+
+
+def _log(v: float) -> float:
+    return math.log(v) if v > 0 else math.nan
 
 
 def _too_few(units: int, unit: str) -> str:

@@ -140,6 +140,28 @@ def test_random_draws_of_a_control_are_resampled_so_their_spread_is_in_its_inter
     assert e.verdict == "inconclusive" and e.controls == {"random": "not ruled out"}
 
 
+def test_the_exponential_of_a_mean_has_its_interval_on_the_log_scale(monkeypatch) -> None:
+    """A perplexity ratio exp(mean NLL difference) of ~10^5 whose log spreads by nats: on the ratio itself the
+    t interval reaches below zero; on the log scale it is the mean's interval, mapped back."""
+    nll = torch.tensor([13.1, 9.0, 12.4, 14.8, 10.2, 11.7, 8.3, 12.9, 15.5, 10.8], dtype=torch.float64)
+
+    def measured(**kw) -> Measurement:
+        def decide(idx):
+            r = float((nll if idx is None else nll[idx]).mean().exp())
+            return Outcome(holds=r >= 2, summary=f"x{r:.0f}", values={"ratio": r}, primary="ratio")
+        return Measurement(decide, n=len(nll), bound={"op": ">=", "value": 2.0, "abs": False}, **kw)
+
+    flat = judged(monkeypatch, measured(), resamples=1000)
+    assert flat.intervals["ratio"][0] < 0 and flat.verdict == "inconclusive"
+    e = judged(monkeypatch, measured(log_scale=frozenset({"ratio"})), resamples=1000)
+    lo, hi = np.log(e.intervals["ratio"])
+    n, mean = len(nll), float(nll.mean())
+    half = scipy.stats.t.ppf(0.975, n - 1) * float(nll.std()) / np.sqrt(n)  # the classical t interval of the mean
+    assert lo == pytest.approx(mean - half, abs=0.15 * half) and hi == pytest.approx(mean + half, abs=0.15 * half)
+    assert e.verdict == "holds" and e.bootstrap["log_scale"] == ["ratio"]
+    assert {judge(claim(), None, seed=s).verdict for s in range(5)} == {"holds"}  # the last measurement
+
+
 def test_fewer_units_than_the_intervals_need_decide_nothing(monkeypatch) -> None:
     e = judged(monkeypatch, mean_above(0.1, data=DATA[:verdict.MIN_UNITS - 1]))
     assert e.verdict == "inconclusive" and f"too few independent samples: {verdict.MIN_UNITS - 1}" in e.reason

@@ -87,6 +87,7 @@ def zero_vs_mean(ctx: Context, p: ZeroVsMeanParams) -> Measurement:
     x = ratios(None)
     return Measurement(
         decide, n=base_r.n, unit="x", bound={"op": ">=", "value": p.zero_min_ratio, "abs": False},
+        log_scale=frozenset({"zero_ppl_ratio", "mean_ppl_ratio", "control_ppl_ratio"}),
         conditions=[Condition("zero_ppl_ratio", ">=", p.zero_min_ratio),
                     Condition("mean_ppl_ratio", "<=", p.mean_max_ratio)],
         selections={"layer": f"{layer} (the emergence layer, from all samples)",
