@@ -14,6 +14,7 @@ import pytest
 
 from builders import planted_gpt2, save_tiny
 from massact.report import history
+from massact.__main__ import USAGE_ERROR
 from report_doc import history_docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,14 +142,14 @@ def test_each_model_is_followed_on_its_own_and_a_missing_claim_is_no_change(tmp_
     (["nope.json"], "nope.json does not exist: give a results.json or a run folder"),
     (["."], "holds no results.json: give a results.json or a run folder"),
     (["a/results.json", "--label", "x", "--label", "y"], "--label given 2 time(s) for 1 run(s)"),
-    (["bad.json"], "bad.json is not a results.json"),
+    (["bad.json"], "bad.json: not JSON"),
 ])
 def test_bad_input_is_named_without_a_traceback(tmp_path, args, message):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "results.json").write_text(json.dumps(history_docs()[0]))
     (tmp_path / "bad.json").write_text("{")
     res = cli(*args, cwd=tmp_path)
-    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == USAGE_ERROR and message in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 def test_history_imports_no_torch():
