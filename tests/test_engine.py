@@ -2,6 +2,8 @@
 numbers do not depend on how the passes were cut."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -140,7 +142,7 @@ def test_long_documents_and_passkey_prompts() -> None:
     from types import SimpleNamespace
 
     from builders import char_tokenizer
-    from massact.requests import LongText, Passkey, long_documents
+    from massact.requests import LongText, Passkey, long_documents, sentence_starts
 
     lm = SimpleNamespace(tokenizer=char_tokenizer(), context=4096, name="chars")
     corpus = load_corpus(CorpusSettings())
@@ -150,12 +152,22 @@ def test_long_documents_and_passkey_prompts() -> None:
     assert chunks.shape == (12, 16)  # 4 documents x 3 chunks, each document's first 48 characters
     first = long_documents("statistics")[0].read_text()[:16]
     assert lm.tokenizer.decode(chunks[0]).replace(" ", "") == first.replace(" ", "")
-    probe = Passkey(600, depths=(0.1, 0.5))
-    prompts, keys = probe.tokens(lm, corpus), probe.answers()
-    assert prompts.shape == (8, 600) and len(keys) == 8 and all(len(k) == 5 for k in keys)
-    text = lm.tokenizer.decode(prompts[1]).replace(" ", "")
-    assert f"secretpasskeyis{keys[1]}" in text and text.endswith("Thesecretpasskeyis")
-    assert 0.4 < text.index(keys[1]) / len(text) < 0.6  # planted at half the prompt
+    probe = Passkey(600, prompts=10)  # 4 documents: 3 depths each, 5%, 50% and 95%
+    assert probe.depths() == pytest.approx([0.05, 0.5, 0.95])
+    prompts = probe.layout(lm, corpus)
+    ids = probe.tokens(lm, corpus)
+    assert ids.shape == (12, 600) and len({q.key for q in prompts}) == 12 and all(len(q.key) == 5 for q in prompts)
+    assert [(q.document, q.depth) for q in prompts[:4]] == [(0, 0.05), (0, 0.5), (0, 0.95), (1, 0.05)]
+    for q, row in zip(prompts, ids):
+        a, z = q.needle
+        text = lm.tokenizer.decode(row[a:z]).replace(" ", "")
+        assert text == f"Thesecretpasskeyis{q.key}.Rememberit:{q.key}isthepasskey."
+        assert lm.tokenizer.decode(row[a - 1:a]) in (".", "!", "?")  # a sentence ends right before the needle
+        assert lm.tokenizer.decode(row[q.question:]).replace(" ", "").endswith("Thesecretpasskeyis")
+        filler = row[:a].tolist() + row[z:q.question].tolist()  # the document's part of the prompt
+        assert a == min(sentence_starts(lm.tokenizer, filler), key=lambda i: abs(i - q.depth * len(filler)))
+    assert [q.needle[0] for q in prompts[:3]] == sorted(q.needle[0] for q in prompts[:3])
+    assert torch.equal(replace(probe, only=(4, 0)).tokens(lm, corpus), ids[[4, 0]])
     with pytest.raises(CorpusError, match="fewer than the 99999"):
         LongText("held_out", 99999, 99999).tokens(SimpleNamespace(tokenizer=lm.tokenizer, context=10**6, name="x"),
                                                    corpus)
