@@ -207,7 +207,8 @@ class Passkey(_Generated):
                 secret = next(keys)
                 needle = tok(self.NEEDLE.format(key=secret), add_special_tokens=False)["input_ids"]
                 room = self.length - len(needle) - len(question)
-                starts = sentence_starts(tok, filler[:room]) or [room]
+                # the nearest sentence boundary; mid-sentence only where the text has none
+                starts = sentence_starts(tok, filler[:room]) or [round(depth * room)]
                 at = min(starts, key=lambda i: abs(i - depth * room))
                 out.append(Needle(d, depth, secret, filler[:at] + needle + filler[at:room] + question,
                                   (at, at + len(needle)), room + len(needle)))

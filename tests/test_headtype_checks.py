@@ -128,7 +128,7 @@ def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens(eight_docume
     assert v.verdict == "holds", v.summary
     assert v.values["gain"] > 1.0 and v.values["gap_to_full"] == pytest.approx(0.0, abs=1e-4)
     assert v.values["gain_random_heads"] < v.values["gain"] and v.controls == {"random_heads": "ruled out"}
-    assert v.bootstrap["draws"] == 20
+    assert v.bootstrap["draws"] == 10
     assert v.details["plans"]["head-aware"]["kv_heads"][0] == ["full"] + ["sink 4 + window 8"] * 3
     assert v.details["plans"]["streaming"]["kv_heads"][0] == ["sink 4 + window 13"] * 4
     # the documented method reads 16-token chunks, where head 0 reads itself or the chunk's first token:
@@ -226,6 +226,36 @@ def test_passkey_prompts_out_of_every_heads_reach_are_not_run(monkeypatch) -> No
     assert prompts == needles
     assert got == {"windowed": [False, None, True], "blind": [None, None, None]}
     assert ran == [("w", (0, 2))]
+
+
+def test_passkey_probe_end_to_end_on_a_tiny_model(monkeypatch) -> None:
+    """The probe on 256-token prompts (a character tokenizer, a tiny Llama of 512 positions): the full
+    cache runs all 52 prompts; a plan of sink 4 + window 60 runs exactly those whose needle ends within
+    60 tokens of the question, and says which cannot reach the needle by construction."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from builders import char_tokenizer
+    from massact.kvcache import Plan
+    from massact.metrics.headtypes import Budget
+    from massact.requests import Passkey
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                                         vocab_size=100, attn_implementation="eager")).eval()
+    lm = LoadedModel(spec="tl", name="tl", model=model, tokenizer=char_tokenizer(), adapter=adapter_for(model.config),
+                     dtype="float32", device="cpu")
+    monkeypatch.setattr(kv, "head_aware", lambda lm, classes, mapping, scale=1.0: Plan.uniform(
+        "w60", Budget(4, 60), layers=2, heads=4, kv_heads=2))
+    ctx = Context(lm, load_corpus(CorpusSettings(seqlen=16)), Engine(batch_size=4), n=4)
+    v = judge(short("kv.head_aware", "documented_method", length=256, chunk=64, random_draws=2), ctx, resamples=20)
+    prompts = Passkey(256).layout(lm, ctx.corpus)
+    near = [q.needle[1] > q.question - 60 for q in prompts]
+    got = v.details["passkey"]
+    assert got["full"]["run"] == 52 and got["head-aware"]["run"] == sum(near) and 0 < sum(near) < 52
+    assert [x["answered"] != kv.UNREACHABLE for x in got["head-aware"]["per_prompt"]] == near
+    assert "passkey.full" in v.values and "passkey.head-aware" in v.values
+    assert v.figures[-1]["categories"][0] == "5%" and len(v.figures[-1]["categories"]) == 13
 
 
 def test_sequences_longer_than_the_models_context_are_invalid() -> None:
