@@ -21,7 +21,9 @@ class Adapter:
     model_types: tuple[str, ...]
     blocks: str  # ModuleList of blocks, relative to the base model
     attn_out: str  # module whose output[0] is the attention block's contribution, (B, T, D)
-    attn_probs: str  # module whose output[1] is the attention probabilities (B, H, T, T) when eager
+    # the attention module: its output[1] is the attention probabilities (B, H, T, T) when eager, and it
+    # hands per-head queries, keys and values to transformers' attention function (points attn.{l}.q/k/v)
+    attn_probs: str
     out_proj: str  # attention output projection; a head is a slice of its *input*, (B, T, H*hd)
     mlp_out: str  # module whose output is the MLP's contribution to the residual, (B, T, D)
     # MLP checkpoints: role -> (module path, "in" | "out"); roles: input, pre_act, act, up,
@@ -40,6 +42,17 @@ class Adapter:
 
     def n_kv_heads(self, config) -> int:
         return _first_attr(config, self.kv_heads_attr, default=self.n_heads(config))
+
+    def kv_heads_of(self, config) -> tuple[int, ...]:
+        """Per query head, the KV head whose keys and values it reads: transformers' repeat_kv hands KV head
+        j to query heads j*r .. (j+1)*r - 1, r = heads / KV heads (r = 1 without grouped-query attention)."""
+        heads, kv = self.n_heads(config), self.n_kv_heads(config)
+        return tuple(h // (heads // kv) for h in range(heads))
+
+    def attention_scaling(self, model: nn.Module, layer: int) -> float:
+        """What layer ``layer``'s attention multiplies q . k by before the softmax: head_dim ** -0.5 in most
+        models, query_pre_attn_scalar ** -0.5 in Gemma 3, also / (layer + 1) in a GPT-2 configured so."""
+        return float(self.block_module(model, layer, self.attn_probs).scaling)
 
     def head_dim(self, config) -> int:
         hd = getattr(config, "head_dim", None)

@@ -7,6 +7,7 @@ values with the document's numbers.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -15,12 +16,18 @@ from pathlib import Path
 
 from massact import verdict
 from massact.checks import CHECKS, Context
-from massact.checks.base import Params
+from massact.checks.base import Params, finite
 from massact.errors import ClaimRecordError
+from massact.models import HUB_ID, KNOWN, known_by_spec
 from massact.report.results import Entry
 from massact.verdict import VERDICTS, ClaimInvalid, Condition, Measurement, Outcome
 
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+# a variant becomes part of a test id, a folder name and HTML: letters, digits, _ . - only
+VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DOCUMENT = "document"  # the "model" of a check of a document's own numbers
+# [claim.expect] key of a model massact does not know by name: "other:<hub id or absolute path>"
+OTHER = "other:"
 # field -> (types it may have, required)
 FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "id": ((str,), True), "variant": ((str,), False), "version": ((int,), True), "source": ((str,), True),
@@ -88,7 +95,7 @@ def load_records(path: Path) -> list[Claim | BadRecord]:
     out: list[Claim | BadRecord] = []
     seen: set[str] = set()
     for i, raw in enumerate(data.get("claim", [])):
-        label = f"{raw.get('id', f'record{i}')}/{raw.get('variant', 'general')}"
+        label = _label(raw, i)
         try:
             claim = validate(raw)
             if claim.key in seen:
@@ -98,6 +105,37 @@ def load_records(path: Path) -> list[Claim | BadRecord]:
         except ClaimRecordError as e:
             out.append(BadRecord(label, f"{path.name} record {i} ({label}): {e}"))
     return out
+
+
+def _label(raw: dict, i: int) -> str:
+    """A record's test id: its id and variant where they are safe to show, else its place in the file."""
+    cid, variant = raw.get("id"), raw.get("variant", "general")
+    cid = cid if isinstance(cid, str) and ID_RE.match(cid) else f"record{i}"
+    return f"{cid}/{variant if isinstance(variant, str) and VARIANT_RE.match(variant) else f'variant{i}'}"
+
+
+def _model_key(name: str, field_name: str) -> str:
+    """A model a record names (an expectation's key, documented_on): a name of KNOWN (a known hub id
+    stands for it) or ``other:<hub id or absolute path>``; an error suggests the closest name."""
+    if name == DOCUMENT or name in KNOWN:
+        return name
+    if known_by_spec(name):
+        return known_by_spec(name)
+    if name.startswith(OTHER) and field_name.startswith("expect"):
+        spec = name[len(OTHER):]
+        if known_by_spec(spec):
+            raise ClaimRecordError(f"field '{field_name}': {spec!r} is {known_by_spec(spec)!r}, which massact "
+                                   f"knows; write {known_by_spec(spec)!r}")
+        if HUB_ID.match(spec) or Path(spec).is_absolute():
+            return name
+        raise ClaimRecordError(f"field '{field_name}': {name!r} must be other:<hub id as owner/name> or "
+                               "other:<absolute path>, as the model is given to --model")
+    names = list(dict.fromkeys([DOCUMENT, *KNOWN, *(h for k in KNOWN.values() for h in k.hub_ids)]))
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    other = " (or other:<hub id or absolute path> for any other model)" if field_name.startswith("expect") else ""
+    raise ClaimRecordError(f"field '{field_name}': {name!r} is not a model massact knows; {hint}known: "
+                           f"{', '.join(names)}{other}")
 
 
 def validate(raw: dict) -> Claim:
@@ -115,6 +153,9 @@ def validate(raw: dict) -> Claim:
             raise ClaimRecordError(f"field '{name}' must be a {want}, not {raw[name]!r}")
     if not ID_RE.match(raw["id"]):
         raise ClaimRecordError(f"field 'id' must look like family.snake_name, not {raw['id']!r}")
+    if not VARIANT_RE.match(raw.get("variant", "general")):
+        raise ClaimRecordError(f"field 'variant' must be 1-64 letters, digits, '_', '.' or '-', starting with a "
+                               f"letter or digit, not {raw['variant']!r}")
     if raw["version"] < 1:
         raise ClaimRecordError(f"field 'version' must be a positive integer, not {raw['version']!r}")
     if raw["check"] not in CHECKS:
@@ -128,31 +169,39 @@ def validate(raw: dict) -> Claim:
         raise ClaimRecordError("field 'documented_on' is required with 'documented_values'")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
         raise ClaimRecordError("field 'documented_values' must map names to numbers")
+    if not finite(values):
+        raise ClaimRecordError(f"field 'documented_values' must hold finite numbers only, not {values!r}")
+    on = _model_key(raw["documented_on"], "documented_on") if "documented_on" in raw else None
     if raw.get("nsamples", 10) < 1:
         raise ClaimRecordError(f"field 'nsamples' must be a positive integer, not {raw.get('nsamples')!r}")
     if raw.get("seqlen", 2) < 2:
         raise ClaimRecordError(f"field 'seqlen' must be an integer of at least 2, not {raw.get('seqlen')!r}")
     tol = raw.get("tolerance", {})
-    if values and (set(tol) not in ({"rel"}, {"abs"}) or not all(isinstance(v, (int, float)) for v in tol.values())):
-        raise ClaimRecordError("field 'tolerance' must be {rel = x} or {abs = x} when documented_values are given")
+    if values and (set(tol) not in ({"rel"}, {"abs"}) or not all(isinstance(v, (int, float)) for v in tol.values())
+                   or not all(math.isfinite(v) and v >= 0 for v in tol.values())):
+        raise ClaimRecordError("field 'tolerance' must be {rel = x} or {abs = x}, x a finite number >= 0, when "
+                               f"documented_values are given, not {tol!r}")
     if not all(isinstance(c, str) for c in raw.get("controls", [])):
         raise ClaimRecordError("field 'controls' must be a list of strings")
     expect = {}
-    for model, e in raw.get("expect", {}).items():
+    for name, e in raw.get("expect", {}).items():
+        model = _model_key(name, f"expect.{name}")
         e = {"verdict": e} if isinstance(e, str) else e
         if not isinstance(e, dict) or e.get("verdict") not in VERDICTS:
             got = e.get("verdict") if isinstance(e, dict) else e
-            raise ClaimRecordError(f"field 'expect.{model}.verdict' must be one of {VERDICTS}, not {got!r}")
+            raise ClaimRecordError(f"field 'expect.{name}.verdict' must be one of {VERDICTS}, not {got!r}")
         reason = e.get("reason", "")
         if not isinstance(reason, str) or (e["verdict"] != "holds" and not reason):
-            raise ClaimRecordError(f"field 'expect.{model}.reason' must be a string, required when the expected "
+            raise ClaimRecordError(f"field 'expect.{name}.reason' must be a string, required when the expected "
                                    "verdict is not holds")
+        if model in expect:
+            raise ClaimRecordError(f"field 'expect.{name}': {model!r} has an expectation already")
         expect[model] = Expectation(e["verdict"], reason)
     return Claim(id=raw["id"], variant=raw.get("variant", "general"), version=raw["version"], source=raw["source"],
                  statement=raw["statement"], check=raw["check"], params=params, threshold=raw["threshold"],
                  documented=raw["documented"], controls=tuple(raw.get("controls", ())),
                  nsamples=raw.get("nsamples", 10), seqlen=raw.get("seqlen"),
-                 documented_on=raw.get("documented_on"), documented_values=values, tolerance=tol, expect=expect)
+                 documented_on=on, documented_values=values, tolerance=tol, expect=expect)
 
 
 def measure(claim: Claim, ctx: Context | None) -> Measurement:

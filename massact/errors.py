@@ -44,3 +44,8 @@ class ClaimRecordError(MassactError):
 
 class AttentionUnavailable(MassactError):
     """The model's attention module returned no probabilities, even in eager mode."""
+
+
+class ResultsFileError(MassactError):
+    """A results.json or baseline that cannot be read or is not a results document; the message names
+    the file and what is wrong with it."""

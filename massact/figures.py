@@ -161,4 +161,24 @@ class Curves(Figure):
     refs: list[Ref] = field(default_factory=list)
 
 
-KINDS = {cls.kind: cls for cls in (Lines, Bars, Heatmap, Scatter, Bars3D, Histogram, Curves)}
+@dataclass(frozen=True)
+class Trend(Figure):
+    """One claim's primary value across a series of runs, oldest first (``python -m massact history``
+    draws it, not a check): the value with its interval per run, the threshold as reference lines,
+    each run's verdict written above it in its colour, and a mark before each run whose verdict
+    differs from the previous run's. ``None``: the run has no value (or no item) there."""
+
+    kind: ClassVar[str] = "trend"
+    runs: list[str]  # one label per run
+    values: list[float | None]
+    intervals: list[tuple[float, float] | None]
+    verdicts: list[str]  # "" where the run has no item of this claim
+    colors: list[str]  # each run's verdict colour
+    changes: list[int] = field(default_factory=list)  # runs whose verdict differs from the previous run's
+    y_label: str = ""
+    unit: str = ""
+    log_y: bool = False
+    refs: list[Ref] = field(default_factory=list)
+
+
+KINDS = {cls.kind: cls for cls in (Lines, Bars, Heatmap, Scatter, Bars3D, Histogram, Curves, Trend)}

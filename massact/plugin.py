@@ -28,13 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from massact import models
-from massact.claims import BadRecord, Claim, load_records
+from massact import expectations, models
+from massact.claims import DOCUMENT, OTHER, BadRecord, Claim, load_records
 from massact.corpus import DEFAULT_CORPUS, CorpusSettings, load_corpus
 from massact.errors import BadOption, MassactError, ModelUnavailable
+from massact.progress import Progress, WorkerLines
 from massact.report import diff, html, terminal
 from massact.report import pytest_html as massact_html
-from massact.report.results import Entry, Run
+from massact.report.results import Entry, Run, under
 from massact.session import Session
 from massact.verdict import RESAMPLES
 
@@ -58,7 +59,11 @@ def pytest_addoption(parser):
     g.addoption("--seed", type=int, default=0, help="seed for choosing samples (default: 0)")
     g.addoption("--bootstrap-seed", type=int, default=0,
                 help="seed for the bootstrap resamples behind the intervals (default: 0)")
-    g.addoption("--bos", action="store_true", help="prepend the BOS (or CLS) token to every sample")
+    g.addoption("--bos", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                help="prepend the BOS (or CLS) token to every sample: auto prepends it exactly when the model's "
+                     "tokenizer adds one by default; --bos forces it (default: auto)")
+    g.addoption("--no-bos", dest="bos", action="store_const", const="off",
+                help="never prepend BOS, even for a model trained with it (a perturbation)")
     g.addoption("--device", default="cpu", help="torch device (default: cpu)")
     g.addoption("--device-map", default=None, choices=models.DEVICE_MAPS,
                 help="spread a model too large for --device over devices and disk (accelerate; default: all on "
@@ -91,7 +96,7 @@ def pytest_configure(config):
         specs = [models.resolve(spec) for spec in model_specs(config)]
         corpus = load_corpus(CorpusSettings(path=config.getoption("corpus"), nsamples=config.getoption("nsamples"),
                                             seqlen=config.getoption("seqlen"), seed=config.getoption("seed"),
-                                            bos=config.getoption("bos")))
+                                            bos={"auto": None, "on": True, "off": False}[config.getoption("bos")]))
         models.check_device(config.getoption("device"))
         placement = models.Placement.parse(config.getoption("device_map"), config.getoption("max_memory"))
         if config.getoption("batch_size") < 1:
@@ -113,15 +118,22 @@ def pytest_configure(config):
         corpus=corpus, labels=labels, dtype=config.getoption("dtype"), device=config.getoption("device"),
         placement=placement, batch_size=config.getoption("batch_size"), resamples=config.getoption("resamples"),
         bootstrap_seed=config.getoption("bootstrap_seed"),
-        progress=_progress(config))
+        progress=Progress(config))
     if controller:  # the controller (or a serial run) assembles the results
         config.pluginmanager.register(
             Controller(config, Run(report_dir=report_dir, provenance=_provenance(config), labels=labels)),
             "massact-controller")
         massact_html.register(config)
+        config.pluginmanager.register(WorkerLines(config), "massact-worker-lines")
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _terminate)
             config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def pytest_report_header(config) -> list[str]:
+    session = config.stash.get(SESSION, None)
+    note = session.corpus.note() if session else None
+    return [f"massact: {note}"] if note else []
 
 
 def _check_writable(report_dir: Path) -> None:
@@ -155,19 +167,6 @@ def _signals_ignored():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def _progress(config):
-    last = [0.0]
-
-    def line(msg: str, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if final or now - last[0] > 5:
-            last[0] = now
-            reporter = config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(f"[massact] {msg}")
-    return line
 
 
 # ---------------------------------------------------------------- collection
@@ -213,6 +212,12 @@ class ClaimItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, None, self.name
+
+    def repr_failure(self, excinfo, style=None):
+        """An expected verdict (xfail) shows its measured reason, not pytest's and pluggy's frames."""
+        if isinstance(excinfo.value, pytest.xfail.Exception):
+            return excinfo.value.msg
+        return super().repr_failure(excinfo, style)
 
     def _finish(self, entry: Entry) -> None:
         entry.model, entry.spec, entry.nodeid = self.label, self.spec, self.nodeid
@@ -276,7 +281,8 @@ class ClaimItem(pytest.Item):
         """Pass, xfail or fail: the verdict against the one the record expects on this model."""
         __tracebackhide__ = True
         rec = self.record
-        expected = rec.expect.get(session.identity(self.spec) if self.spec else "document")
+        known = session.identity(self.spec) if self.spec else DOCUMENT
+        expected = rec.expect.get(known) if known else rec.expect.get(OTHER + self.spec)
         if expected:
             entry.expected, entry.expected_reason = expected.verdict, expected.reason
         n = session.samples_for(rec)
@@ -292,11 +298,30 @@ class ClaimItem(pytest.Item):
             # fewer samples widen the interval: undecided is what they give, not a changed verdict
             pytest.xfail(f"inconclusive on {n} samples, fewer than the record's {rec.nsamples}, on which it expects "
                          f"{want}: run without --nsamples to check that; {measured}")
-        elif expected is None or expected.verdict == "holds":
+        elif expected is None:
+            pytest.fail(f"{where}: {self._unrecorded(entry, session)}\n{measured}", pytrace=False)
+        elif expected.verdict == "holds":
             pytest.fail(f"{where}: {entry.verdict}. {entry.reason}\n{measured}", pytrace=False)
         else:
             pytest.fail(f"{where}: verdict changed: recorded {expected.verdict} ({expected.reason}), "
                         f"now {entry.verdict}. {entry.reason}\n{measured}", pytrace=False)
+
+
+    def _unrecorded(self, entry: Entry, session: Session) -> str:
+        """Why an item whose record expects nothing on its model failed, and the line that records it."""
+        key = session.identity(self.spec) if self.spec else "document"
+        got = f"this run measured: {entry.verdict} ({expectations.measured_reason(entry.to_dict())})"
+        if key is None:
+            known = ", ".join(models.KNOWN)
+            return (f"no expectation can be recorded for {self.label}: [claim.expect] names the models massact knows "
+                    f"by architecture and weights ({known}; massact/models.py KNOWN), and a verdict other than holds "
+                    f"fails where none is recorded; {got}. Compare runs of this model with --baseline instead")
+        path = self.session.stash.get(RECORDS, {}).get(self.record.key, self.path)
+        where = path.relative_to(self.config.rootpath) if path.is_relative_to(self.config.rootpath) else path
+        line = expectations.toml_line(key, entry.verdict, expectations.measured_reason(entry.to_dict()))
+        return (f"no expectation recorded for {key}; {got}.\nTo record it, add to the [claim.expect] table of "
+                f"{self.record.key} in {where}:\n    {line}\n(or, after the run, `python -m massact expect "
+                "RESULTS.json --write` records every missing one)")
 
 
 @pytest.fixture(scope="session")
@@ -340,7 +365,7 @@ class Controller:
         self.write_error: str | None = None  # why results.json could not be written, when it could not
         self.report_line, self.report_failed = "", False
         self.baseline_lines: list[str] = []
-        self.baseline_failed = False
+        self.baseline_failed = self.baseline_unreadable = False
         self.all_skipped = False
 
     def wall(self) -> float:
@@ -404,7 +429,9 @@ class Controller:
                 self._report_and_baseline(doc)
         verdicts = {e["verdict"] for e in self.run.results}
         self.all_skipped = self.complete and verdicts == {"skipped"} and not self.config.getoption("allow_all_skipped")
-        if session.exitstatus == pytest.ExitCode.OK:
+        if self.baseline_unreadable and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR  # the --baseline given is not a results document
+        elif session.exitstatus == pytest.ExitCode.OK:
             if self.write_error or self.report_failed or self.baseline_failed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             elif self.all_skipped:
@@ -413,7 +440,7 @@ class Controller:
     def _report_and_baseline(self, doc: dict) -> None:
         """report.html beside results.json (also for a failed or cut-off run); then --baseline."""
         try:
-            self.report_line = f"report: {html.write_report(doc, self.run.run_dir / 'report.html')}"
+            self.report_line = f"report: {html.write_report(doc, under(self.run.run_dir, 'report.html'))}"
         except Exception as e:  # noqa: BLE001 - results.json is written; say why the page is not
             self.report_line, self.report_failed = f"report.html NOT written: {type(e).__name__}: {e}", True
         path = self.config.getoption("baseline")
@@ -421,6 +448,7 @@ class Controller:
             path = Path(path) if Path(path).is_absolute() else self.config.invocation_params.dir / path
             outcome = diff.check_baseline(doc, path, update=self.config.getoption("update_baseline"))
             self.baseline_lines, self.baseline_failed = outcome.lines, outcome.failed
+            self.baseline_unreadable = outcome.unreadable
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not (self.run.entries or self.run.expected):
@@ -430,6 +458,9 @@ class Controller:
         doc = self.run.document(complete=self.complete, wall_seconds=self.wall())
         for line in terminal.summary_lines(doc, verbose=config.getoption("verbose"), width=120):
             tr.write_line(line)
+        note = config.stash[SESSION].corpus.note()
+        if note:
+            tr.write_line(note, yellow=True)
         if doc["not_run"]:
             why = f"interrupted by {self.interrupted}" if self.interrupted else "the run stopped early"
             tr.write_line(f"INCOMPLETE ({why}): {len(doc['not_run'])} of {len(self.run.expected or ())} collected "
@@ -442,6 +473,11 @@ class Controller:
                           f"{doc['pass_seconds']:.1f} s in passes)")
         if self.report_line:
             tr.write_line(self.report_line)
+        unrecorded = [e for e in doc["results"] if e.get("verdict") in expectations.JUDGED and not e.get("expected")]
+        if unrecorded:
+            where = self.run.run_dir / "results.json" if self.run.run_dir else "RESULTS.json"
+            tr.write_line(f"{len(unrecorded)} verdict(s) with no expectation recorded in claims/*.toml (holds is assumed): "
+                          f"`python -m massact expect {where}` prints their [claim.expect] lines, --write records them")
         if self.baseline_lines:
             tr.section("massact baseline", red=self.baseline_failed, bold=self.baseline_failed)
             for line in self.baseline_lines:
@@ -464,6 +500,7 @@ def _provenance(config) -> dict:
             versions[pkg] = None
     return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": shlex.join([*_launcher(sys.argv[0]), *config.invocation_params.args]),
+            "rootdir": str(root),  # what the items' node ids (claims/<file>.toml::...) are relative to
             "git_commit": commit, "git_dirty": dirty, "resamples": config.getoption("resamples"),
             "bootstrap_seed": config.getoption("bootstrap_seed"),
             "versions": versions}

@@ -2,10 +2,13 @@
 
 A request names the statistics it wants at which points, the input it runs on, the run mode
 and the intervention. Point names may use ``*`` for "every": ``block.*`` (every block output),
-``mlp.*.pre_act``, ``mlp.11.*`` (every checkpoint of one MLP), ``attn.*`` (attention
-probabilities, which need eager attention), and ``output`` (the next-token loss). Requests that
-differ only in their statistics are one pass: the engine merges them and serves a request from
-any pass that computed a superset of what it asks for.
+``mlp.*.pre_act``, ``mlp.11.*`` (every checkpoint of one MLP), ``attn.*.v`` (every layer's
+values), and ``output`` (the next-token loss). A pattern takes the points it matches that its
+statistic applies to (massact.reducers: ``want("attn.*", "first_excl")`` reads the attention
+probabilities ``attn.{l}``, which need eager attention; ``want("attn.*", "norm")`` the per-head
+q, k and v). Requests that differ only in their statistics are one pass, and so are an
+eager-attention request and one without: ``|`` merges them into one eager pass. The engine
+serves a request from any pass of its kind that computed a superset of what it asks for.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Protocol
 import torch
 
 from massact.corpus import Corpus, bos_id, first, samples
+from massact.reducers import PROBS, STATISTICS, applies
 from massact.errors import CorpusError
 from massact.interventions import NONE, Intervention
 from massact.models import LoadedModel
@@ -137,8 +141,17 @@ class LongText(_Generated):
             raise CorpusError(f"{self.length} tokens do not split into chunks of {self.chunk}")
         if self.length > lm.context:
             raise CorpusError(f"long samples of {self.length} tokens exceed {lm.name}'s context of {lm.context}")
-        rows = [_document_ids(lm, corpus, p, self.length)[:self.length] for p in long_documents(self.part)]
-        return torch.tensor(rows).reshape(-1, self.chunk)
+        if not corpus.settings.bos:
+            rows = [_document_ids(lm, corpus, p, self.length)[:self.length] for p in long_documents(self.part)]
+            return torch.tensor(rows).reshape(-1, self.chunk)
+        # with BOS, every chunk is a pass of its own that starts with it: BOS + chunk - 1 tokens of text
+        body, start = self.chunk - 1, bos_id(lm.tokenizer)
+        per = self.length // self.chunk
+        rows = []
+        for p in long_documents(self.part):
+            ids = _document_ids(lm, corpus, p, self.length)[1:]  # the text after the BOS _document_ids puts first
+            rows += [[start] + ids[k * body:(k + 1) * body] for k in range(per)]
+        return torch.tensor(rows)
 
 
 @dataclass(frozen=True)
@@ -236,19 +249,21 @@ class Request:
 
     @property
     def eager(self) -> bool:
-        """Attention probabilities are asked for: the pass runs eager attention, which also
-        changes the float rounding of everything else, so it is a pass of its own."""
-        return any(point.startswith("attn.") for point, _ in self.stats)
+        """Attention probabilities are asked for: the pass runs eager attention, which also changes the
+        float rounding of everything else, so the engine keeps it apart from passes without."""
+        return any(stat in STATISTICS and PROBS in STATISTICS[stat].kinds for _, stat in self.stats)
 
     def same_pass(self, corpus: Corpus) -> tuple:
         """What a pass is, apart from its statistics: requests with equal ``same_pass`` merge."""
         return self.source.key(corpus), self.mode, self.intervention.key, self.eager, self.options
 
     def __or__(self, other: Request) -> Request:
-        """The union of two requests' statistics; both must be the same pass."""
-        if (self.source, self.mode, self.intervention.key, self.eager, self.options) != \
-                (other.source, other.mode, other.intervention.key, other.eager, other.options):
-            raise ValueError(f"cannot merge passes {self.describe()} and {other.describe()}")
+        """The union of two requests' statistics, one pass: eager when either is (every statistic can be
+        taken under eager attention). Both must have the same input, run mode and intervention."""
+        if (self.source, self.mode, self.intervention.key, self.options) != \
+                (other.source, other.mode, other.intervention.key, other.options):
+            raise ValueError(f"cannot merge passes {self.describe()} and {other.describe()}: they differ in their "
+                             "input, run mode or intervention")
         return replace(self, stats=self.stats | other.stats)
 
     def under(self, intervention: Intervention) -> Request:
@@ -268,17 +283,49 @@ def want(point: str, *stats: str) -> Request:
     return Request(stats=frozenset((point, s) for s in stats))
 
 
-def expand(stats: frozenset[tuple[str, str]], names: list[str]) -> dict[str, frozenset[str]]:
-    """Point patterns resolved against a model's point ``names``: point -> statistics.
+def expand(stats: frozenset[tuple[str, str]], points: dict[str, str]) -> dict[str, frozenset[str]]:
+    """Point patterns resolved against a model's points (name -> kind): point -> statistics. A pattern
+    takes the points it matches whose kind its statistic applies to.
 
-    A pattern that matches no point is an error: a check asking for a point the model does not
-    have is a bug, not an empty result.
+    A pattern that takes no point is an error that lists the model's points: a check asking for a point
+    the model does not have is a bug, not an empty result.
     """
     out: dict[str, set[str]] = {}
-    for pattern, stat in stats:
-        hits = [n for n in names if fnmatchcase(n, pattern)]
-        if not hits:
-            raise ValueError(f"no capture point matches {pattern!r}")
-        for n in hits:
+    for pattern, stat in sorted(stats):
+        hits = [n for n in points if fnmatchcase(n, pattern)]
+        fit = [n for n in hits if applies(stat, points[n])]
+        if not fit:
+            where = ("" if stat not in STATISTICS else
+                     f"; statistic {stat!r} applies to {' and '.join(sorted(STATISTICS[stat].kinds))} points")
+            found = f" only {pattern_list(hits)}, of another kind" if hits else ""
+            raise ValueError(f"no capture point matches {pattern!r} for statistic {stat!r}{found}{where}. "
+                             f"This model's points: {pattern_list(list(points))} (`python -m massact points MODEL` "
+                             "lists them with their shapes and statistics)")
+        for n in fit:
             out.setdefault(n, set()).add(stat)
     return {k: frozenset(v) for k, v in out.items()}
+
+
+def pattern_list(names: list[str]) -> str:
+    """Point names folded by layer, in their order: ``block.{l}, mlp.{l}.{input,output}, attn.{l}, attn.{l}.{q,k,v}
+    (l = 0..29), output``."""
+    by: dict[str, dict[str, None]] = {}  # "kind.{l}" -> the roles after it, in order ("" for none)
+    layers: set[int] = set()
+    other = []
+    for n in names:
+        kind, _, rest = n.partition(".")
+        layer, _, role = rest.partition(".")
+        if not layer.isdigit():
+            other.append(n)
+            continue
+        layers.add(int(layer))
+        by.setdefault(f"{kind}.{{l}}", {})[role] = None
+    parts = []
+    for stem, roles in by.items():
+        named = [r for r in roles if r]
+        if "" in roles:
+            parts.append(stem)
+        if named:
+            parts.append(f"{stem}.{named[0]}" if len(named) == 1 else f"{stem}.{{{','.join(named)}}}")
+    span = f" (l = {min(layers)}..{max(layers)})" if layers else ""
+    return ", ".join(parts) + span + "".join(f", {n}" for n in other)

@@ -29,6 +29,7 @@ class Session:
         self.resamples, self.bootstrap_seed = resamples, bootstrap_seed
         self.engine = Engine(batch_size=batch_size, progress=progress)
         self.loaded: dict[str, models.LoadedModel | Exception] = {}
+        self.corpora: dict[str, tuple[Corpus, str]] = {}  # spec -> the corpus with its BOS decided, and why
         self.planned: set[str] = set()
 
     def model(self, spec: str) -> models.LoadedModel:
@@ -56,6 +57,12 @@ class Session:
             return models.known_by_spec(spec)
         return self.model(spec).known
 
+    def corpus_for(self, spec: str) -> Corpus:
+        """The corpus as this model reads it: with BOS exactly when its tokenizer adds one (--bos auto)."""
+        if spec not in self.corpora:
+            self.corpora[spec] = self.corpus.for_model(self.model(spec).tokenizer)
+        return self.corpora[spec][0]
+
     def samples_for(self, claim: Claim) -> int:
         return self.corpus.settings.nsamples or claim.nsamples
 
@@ -64,13 +71,13 @@ class Session:
         if spec in self.planned:
             return
         self.planned.add(spec)
-        self.engine.plan(self.model(spec), self.corpus,
+        self.engine.plan(self.model(spec), self.corpus_for(spec),
                          [(req, self.samples_for(c)) for c in claims for req in CHECKS[c.check].needs(c.params)])
 
     def judge(self, claim: Claim, spec: str | None, *, seed: int | None = None) -> Entry:
         """The claim judged on ``spec`` (None: a document's own numbers); ``seed``: the bootstrap's, if
         not the session's."""
-        ctx = Context(self.model(spec), self.corpus, self.engine, n=self.samples_for(claim)) if spec else None
+        ctx = Context(self.model(spec), self.corpus_for(spec), self.engine, n=self.samples_for(claim)) if spec else None
         return judge(claim, ctx, resamples=self.resamples, seed=self.bootstrap_seed if seed is None else seed)
 
     def model_info(self, spec: str) -> dict:
@@ -85,7 +92,8 @@ class Session:
         weights = Path(prov["gguf"]).name + " (GGUF), dequantized to" if "gguf" in prov else "weights in"
         return {"name": m.name, "label": label, "known_as": m.known,
                 "description": f"{m.adapter.name}: {weights} {m.dtype}", "architecture": m.adapter.name,
-                "dtype": m.dtype, "device": m.device, "layers": m.n_layers, "hidden_size": m.hidden_size, **prov}
+                "dtype": m.dtype, "device": m.device, "layers": m.n_layers, "hidden_size": m.hidden_size,
+                **({"bos": self.corpora[spec][1]} if spec in self.corpora else {}), **prov}
 
     def engine_info(self) -> dict:
         e = self.engine

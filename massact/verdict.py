@@ -40,7 +40,7 @@ VERDICTS = ("holds", "refuted", "inconclusive", "non-specific", "invalid")
 RESAMPLES = 1000  # bootstrap resamples behind each interval (--resamples)
 CONFIDENCE = 0.95
 METHOD = "t/BCa"  # the wider of the Student-t and the expanded BCa interval (module docstring, 3.)
-MIN_UNITS = 6  # the fewest independent units whose intervals cover >= 93% (benchmarks/coverage.py)
+MIN_UNITS = 10  # the fewest independent units whose intervals cover >= 93% (benchmarks/coverage.py)
 DRAWS = 20  # the fewest random draws of a control
 
 
@@ -221,7 +221,12 @@ def resample(m: Measurement, names: list[str], read: Callable[[Outcome], list[fl
 
     data = (np.arange(len(members)),) + ((np.arange(m.draws),) if m.draws else ())
     point = row(m.decide(None, None) if m.draws else m.decide(None))
-    dist, ints = bootstrap(data, statistic, point, resamples=resamples, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a resample indexes small tensors: other threads only add their start-up
+    try:
+        dist, ints = bootstrap(data, statistic, point, resamples=resamples, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
     held = dist[len(names):]
     return Resampled({k: v for k, v in zip(names, ints) if v is not None}, [float(h.mean()) for h in held],
                      float(held[:claim].min(axis=0).mean()) if claim else 1.0)

@@ -282,3 +282,36 @@ def save_tiny(model: PreTrainedModel, directory) -> None:
     """Save ``model`` with a character tokenizer, so ``--model DIRECTORY`` loads it."""
     model.save_pretrained(directory)
     char_tokenizer().save_pretrained(directory)
+
+
+@torch.no_grad()
+def value_sink_gpt2(*, token: int = 0, small: bool = True, every_head: bool = False, n_layer: int = 3,
+                    magnitude: float = 1000.0, seed: int = 0) -> GPT2LMHeadModel:
+    """planted_gpt2's MLP writes a massive activation at (``token``, feature 40) in block 0; in each later
+    block head 0 (every head with ``every_head``) attends to that token and reads a value vector there that
+    is ~0 (``small``) or ~3x the other tokens' (not ``small``).
+
+    After ln_1 the massive token's dim 40 reads ~sqrt(n - 1) and every other token's ~0: the planted key
+    reads dim 40 against a constant query, and the planted value is ``b + w x[40]`` with a bias b = 1 in
+    every head dim and w = -b / sqrt(n - 1) (or +2b / sqrt(n - 1)), the head's other value weights zeroed.
+    """
+    model = planted_gpt2(layer=0, feature=40, token=token, magnitude=magnitude, component="mlp", n_layer=n_layer,
+                         seed=seed)
+    n = model.config.n_embd
+    on = math.sqrt(n - 1)
+    for blk in model.transformer.h[1:]:
+        blk.ln_1.weight.fill_(1.0)
+        blk.ln_1.bias.zero_()
+        attn = blk.attn
+        hd = attn.head_dim
+        c = math.sqrt(_ATTN_MARGIN * math.sqrt(hd) / on)  # logit gap of the massive token over the others
+        w, b = attn.c_attn.weight, attn.c_attn.bias  # (n, 3n): [q | k | v]
+        for h in range(attn.num_heads if every_head else 1):
+            q, k, v = h * hd, n + h * hd, 2 * n + h * hd
+            w[:, q:q + hd], b[q:q + hd] = 0.0, 0.0
+            w[:, k:k + hd], b[k:k + hd] = 0.0, 0.0
+            w[:, v:v + hd], b[v:v + hd] = 0.0, 1.0
+            b[q] = c  # query: a constant
+            w[40, k] = c  # key: the massive dim
+            w[40, v:v + hd] = (-1.0 if small else 2.0) / on
+    return _finish(model)

@@ -1,10 +1,10 @@
-"""report.html in a real headless browser (Debian's chromium), at 800 and 1400 px: no horizontal
-overflow, every figure drawn with a size and content, every row's link lands on its section and its
-back link on the row, no console errors. Screenshots of both widths are kept beside the report
-(report-800.png, report-1400.png: the whole page) and their paths printed.
+"""report.html and history.html in a real headless browser (Debian's chromium), at 800 and 1400 px: no
+horizontal overflow, every figure drawn with a size and content, every row's link lands on its section
+and its back link on the row, no console errors. Screenshots of both widths are kept beside the page
+(report-800.png, report-1400.png, history-800.png, ...: the whole page) and their paths printed.
 
-Set MASSACT_REPORT=path/to/report.html (several joined with os.pathsep) to check real reports
-too, e.g. the one a claims run just wrote; their screenshots land beside them.
+Set MASSACT_REPORT=path/to/report.html (several joined with os.pathsep; a history.html as well) to check
+real pages too, e.g. the one a claims run just wrote; their screenshots land beside them.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from massact.report import html
-from report_doc import results_doc
+from massact.report import history, html
+from report_doc import history_docs, results_doc
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(
@@ -93,11 +93,24 @@ def probe(report: Path, width: int, tmp_path: Path) -> dict:
     return json.loads(found.group(1))
 
 
-@pytest.fixture(scope="module", params=["fixture", *[p for p in os.environ.get("MASSACT_REPORT", "").split(os.pathsep)
-                                                     if p]])
+def history_page(where: Path) -> Path:
+    """history.html of three hand-built nightly runs, one claim changing verdict."""
+    paths = []
+    for i, doc in enumerate(history_docs()):
+        paths.append(where / f"night-{i + 1}" / "results.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(json.dumps(doc))
+    runs = history.load(paths)
+    return history.write_page(runs, history.series(runs), where / "history.html")
+
+
+@pytest.fixture(scope="module", params=["fixture", "history", *[p for p in os.environ.get("MASSACT_REPORT", "")
+                                                                .split(os.pathsep) if p]])
 def report(request, tmp_path_factory) -> Path:
     if request.param == "fixture":
         return html.write_report(results_doc(), tmp_path_factory.mktemp("fixture") / "report.html")
+    if request.param == "history":
+        return history_page(tmp_path_factory.mktemp("history"))
     path = Path(request.param)
     assert path.exists(), f"MASSACT_REPORT names {path}, which does not exist"
     return path

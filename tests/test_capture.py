@@ -6,20 +6,8 @@ import torch
 
 from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
-from massact.capture import (
-    ENERGY_FRACS,
-    EnergyShare,
-    FeatureMax,
-    Median,
-    TokenMax,
-    TopK,
-    block_points,
-    capture,
-    collect,
-    hooked,
-    masked_abs,
-    mlp_points,
-)
+from massact.capture import block_points, capture, collect, hooked, mlp_points
+from massact.reducers import ENERGY_FRACS, EnergyShare, FeatureMax, Median, TokenMax, TopK, masked_abs
 from massact.errors import ActivationOverflow, MassactError
 
 K = 3
@@ -333,7 +321,8 @@ def test_finite_fp16_pass_does_not_raise() -> None:
 
 
 def test_attention_without_probabilities_is_named() -> None:
-    from massact.capture import HeadProfile, attention_points
+    from massact.capture import attention_points
+    from massact.reducers import HeadProfile
     from massact.errors import AttentionUnavailable
 
     model = tiny_model("llama")
@@ -348,7 +337,7 @@ def test_attention_without_probabilities_is_named() -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 7, 20, 73728])
 def test_lower_median_is_torch_median_exactly(n) -> None:
-    from massact.capture import lower_median
+    from massact.reducers import lower_median
 
     g = torch.Generator().manual_seed(n)
     x = torch.randn(3, n, generator=g).abs()

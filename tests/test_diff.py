@@ -174,7 +174,8 @@ def test_cli_exit_codes(tmp_path):
     assert changed.returncode == 1
     assert "massive.emergence/general" in changed.stdout and "inconclusive" in changed.stdout
     assert "1 regression(s)" in changed.stdout
-    assert cli(tmp_path / "a.json", tmp_path / "nope.json").returncode == 2
+    missing = cli(tmp_path / "a.json", tmp_path / "nope.json")  # a usage error, never read as a regression
+    assert missing.returncode == 4 and "nope.json: does not exist" in missing.stderr
 
 
 # ---------------------------------------------------------------- the plugin

@@ -2,7 +2,8 @@
 numbers do not depend on how the passes were cut."""
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
 from massact.corpus import CorpusSettings, load_corpus
-from massact.engine import Engine
+from massact.engine import Engine, pass_flops
 from massact.errors import CorpusError
 from massact.interventions import PruneHeads, SetActivations, ZeroMLP
 from massact.models import LoadedModel
@@ -38,7 +39,7 @@ def _engine_on(arch: str):
                      dtype="float32", device="cpu")
     corpus = load_corpus(CorpusSettings(seqlen=T))
     lines: list[str] = []
-    engine = Engine(batch_size=4, progress=lambda line, final=False: lines.append(line))
+    engine = Engine(batch_size=4, progress=lambda line, level="update": lines.append(line))
     engine.inputs[(lm.spec, TEXT.key(corpus))] = torch.randint(0, 100, (N, T),
                                                                 generator=torch.Generator().manual_seed(0))
     return lm, corpus, engine, lines
@@ -126,8 +127,8 @@ def test_requests_are_hashable_and_merge_only_within_one_pass() -> None:
     assert (PROFILE | TOKENS).stats == PROFILE.stats | TOKENS.stats
     with pytest.raises(ValueError, match="cannot merge"):
         PROFILE | PROFILE.under(ZeroMLP())
-    with pytest.raises(ValueError, match="cannot merge"):
-        PROFILE | want("attn.*", "entropy")
+    merged = PROFILE | want("attn.*", "entropy")  # eager attention serves both: one eager pass
+    assert merged.eager and not PROFILE.eager and merged.describe() == "none +attention"
     assert Request().describe() == "none"
 
 
@@ -146,17 +147,19 @@ def test_long_documents_and_passkey_prompts() -> None:
 
     lm = SimpleNamespace(tokenizer=char_tokenizer(), context=4096, name="chars")
     corpus = load_corpus(CorpusSettings())
-    assert len(long_documents("statistics")) == len(long_documents("held_out")) == 4
+    docs = len(long_documents("statistics"))
+    assert docs == len(long_documents("held_out")) == 10
     assert not set(long_documents("statistics")) & set(long_documents("held_out"))
     chunks = LongText("statistics", 48, 16).tokens(lm, corpus)
-    assert chunks.shape == (12, 16)  # 4 documents x 3 chunks, each document's first 48 characters
+    assert chunks.shape == (3 * docs, 16)  # 3 chunks of each document's first 48 characters
     first = long_documents("statistics")[0].read_text()[:16]
     assert lm.tokenizer.decode(chunks[0]).replace(" ", "") == first.replace(" ", "")
-    probe = Passkey(600, prompts=10)  # 4 documents: 3 depths each, 5%, 50% and 95%
+    probe = Passkey(600, prompts=3 * docs)  # 3 depths in each document: 5%, 50% and 95%
     assert probe.depths() == pytest.approx([0.05, 0.5, 0.95])
     prompts = probe.layout(lm, corpus)
     ids = probe.tokens(lm, corpus)
-    assert ids.shape == (12, 600) and len({q.key for q in prompts}) == 12 and all(len(q.key) == 5 for q in prompts)
+    assert ids.shape == (3 * docs, 600) and len({q.key for q in prompts}) == 3 * docs
+    assert all(len(q.key) == 5 for q in prompts)
     assert [(q.document, q.depth) for q in prompts[:4]] == [(0, 0.05), (0, 0.5), (0, 0.95), (1, 0.05)]
     for q, row in zip(prompts, ids):
         a, z = q.needle
@@ -167,7 +170,18 @@ def test_long_documents_and_passkey_prompts() -> None:
         filler = row[:a].tolist() + row[z:q.question].tolist()  # the document's part of the prompt
         assert a == min(sentence_starts(lm.tokenizer, filler), key=lambda i: abs(i - q.depth * len(filler)))
     assert [q.needle[0] for q in prompts[:3]] == sorted(q.needle[0] for q in prompts[:3])
-    assert torch.equal(replace(probe, only=(4, 0)).tokens(lm, corpus), ids[[4, 0]])
+    assert torch.equal(dataclasses.replace(probe, only=(4, 0)).tokens(lm, corpus), ids[[4, 0]])
+    # with BOS every chunk that is a pass of its own starts with it, and the text runs on across chunks
+    with_bos_corpus = dataclasses.replace(corpus, settings=dataclasses.replace(corpus.settings, bos=True))
+    with_bos = LongText("statistics", 48, 16).tokens(lm, with_bos_corpus)
+    assert with_bos.shape == (3 * docs, 16) and (with_bos[:, 0] == 0).all()
+    text = long_documents("statistics")[0].read_text()
+    assert torch.cat([with_bos[k, 1:] for k in range(3)]).tolist() == \
+        lm.tokenizer(text, add_special_tokens=False)["input_ids"][:45]
+    # a passkey prompt is one pass too: BOS first, the same length, the needle after it
+    bos_prompts = probe.layout(lm, with_bos_corpus)
+    assert all(q.ids[0] == 0 and len(q.ids) == 600 and q.needle[0] > 0 for q in bos_prompts)
+    assert probe.tokens(lm, with_bos_corpus)[:, 0].eq(0).all()
     with pytest.raises(CorpusError, match="fewer than the 99999"):
         LongText("held_out", 99999, 99999).tokens(SimpleNamespace(tokenizer=lm.tokenizer, context=10**6, name="x"),
                                                    corpus)
@@ -244,3 +258,33 @@ def test_blocks_are_put_back_when_a_resumed_pass_fails(setup) -> None:
     with pytest.raises(ValueError, match="does not compute"):
         run_forward(lm, ids, {"block.0": frozenset({"top_abs"})}, PruneHeads(((1, 0),)), eager=False, batch_size=4,
                     progress=lambda line: None, resume=(1, torch.zeros(N, T, 32)))
+
+
+def test_progress_tells_the_plan_then_each_batch_and_each_pass() -> None:
+    lm, corpus, engine, _ = _engine_on("llama")
+    said: list[tuple[str, str]] = []
+    engine.progress = lambda line, level="update": said.append((level, line))
+    engine.batch_size = 4
+    engine.plan(lm, corpus, [(PROFILE, N), (want("attn.*", "entropy"), 4)])
+    engine.run(lm, corpus, PROFILE, n=N)
+    engine.run(lm, corpus, PROFILE.under(ZeroMLP()), n=N)  # not announced: no second plan line
+    levels = [level for level, _ in said]
+    assert levels == ["plan", "update", "pass", "update", "pass"]  # a pass's last batch: its pass line
+    assert said[0][1].startswith(f"llama: 2 passes planned ({N + 4} samples, {(N + 4) * T} tokens), roughly ")
+    assert re.fullmatch(r"llama / none: 4/6 samples, \d+ tok/s, \d+ s left", said[1][1])
+    assert said[2][1].startswith("pass 1, llama / none: 6 samples x 16 tokens in ")
+    assert said[4][1].startswith("pass 2, llama / zero_mlp")
+
+
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+def test_the_plan_s_cost_is_the_flops_torch_counts(arch) -> None:
+    """pass_flops, which turns the first batch's rate into the plan's time, against torch's own count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lm, corpus, engine, _ = _engine_on(arch)
+    ids = engine.inputs[(lm.spec, TEXT.key(corpus))]
+    with_head = [(want(LOSS_POINT, "loss"), lm.model)] if lm.adapter.is_decoder else []
+    for request, model in [(PROFILE, lm.model.base_model), *with_head]:
+        with FlopCounterMode(display=False) as counted, torch.no_grad():
+            model(input_ids=ids)
+        assert pass_flops(lm, request, N, T) == pytest.approx(counted.get_total_flops(), rel=0.05), request

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from massact.figures import KINDS, Bars, Bars3D, Curves, Heatmap, Histogram, Lines, Scatter, ScatterPanel
+from massact.figures import KINDS, Bars, Bars3D, Curves, Heatmap, Histogram, Lines, Ref, Scatter, ScatterPanel, Trend
 from massact.report.figures import draw
 from report_doc import results_doc
 
@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+TREND = Trend(title="massive.exists/general on m", caption="a value crossing its threshold",
+              runs=["v1", "v2", "v3", "v4"], values=[0.3, 3.0, None, 30.0],
+              intervals=[(0.25, 0.36), (2.5, 3.5), None, (28.0, 33.0)], verdicts=["refuted", "holds", "", "holds"],
+              colors=["#cf222e", "#1a7f37", "#6e7781", "#1a7f37"], changes=[1], y_label="margin", log_y=True,
+              refs=[Ref(1.0, "≥ 1")])
+
+
 def every_figure() -> list[dict]:
-    return [f for e in results_doc()["results"] for f in e.get("figures", [])]
+    """The report fixture's figures, and the history page's trend (no check draws one)."""
+    return [f for e in results_doc()["results"] for f in e.get("figures", [])] + [TREND.to_dict()]
 
 
 def texts(svg: str) -> list[str]:
@@ -86,13 +94,52 @@ def test_what_each_kind_shows():
     bars3d = texts(by_kind["bars3d"])
     assert "dim 507: 23400" in bars3d and '"Summer"' in bars3d and '" is"' in bars3d  # peak, quoted tokens
     assert "6 std" in texts(by_kind["histogram"])
+    trend = texts(by_kind["trend"])
+    assert {"v1", "v2", "v3", "v4", "≥ 1", "refuted", "holds"} <= set(trend)  # runs, threshold, verdicts
 
 
 def test_units_label_the_value_axis():
     pct = texts(draw(Bars("t", "", categories=["a", "b"], series={"s": [0.1, -0.3]}, unit="%").to_dict()))
     assert "10%" in pct and "0%" in pct
     fac = texts(draw(Lines("t", "", x=[0, 1], series={"s": [10.0, 1000.0]}, unit="x", log_y=True).to_dict()))
-    assert "1000x" in fac or "1e+03x" in fac
+    assert {"10x", "100x", "1000x"} <= set(fac)
+
+
+RAW_EXPONENT = re.compile(r"^1e[+-]?\d+$|\\times|^\n$")  # an offset "1e7" above an axis; a mathtext 2x10^1
+
+
+def test_no_figure_writes_a_raw_exponent_where_a_number_reads_better():
+    for f in every_figure():
+        raw = [t for t in texts(draw(f)) if RAW_EXPONENT.search(t)]
+        # a log axis over many decades keeps matplotlib's powers of ten (10^0 .. 10^4: mathtext)
+        assert not raw or (f.get("log_y") and f["kind"] in ("lines", "histogram")), (f["kind"], raw)
+
+
+def test_a_log_axis_over_few_decades_reads_in_plain_numbers():
+    mib = texts(draw(Curves("t", "", curves={"a": ([8.6, 19.1, 38.2], [3.1, 2.9, 2.8])}, log_x=True).to_dict()))
+    assert {"10", "20", "30"} <= set(mib) and not any(RAW_EXPONENT.search(t) for t in mib)
+    big = texts(draw(Lines("t", "", x=[0, 1], series={"s": [2e6, 9e6]}, log_y=True).to_dict()))
+    assert {"2000000", "3000000", "5000000"} <= set(big) and not any(RAW_EXPONENT.search(t) for t in big), big
+    fac = texts(draw(Bars("t", "", categories=["a", "b"], series={"s": [1.5, 8.0]}, unit="x", log_y=True).to_dict()))
+    assert {"2x", "3x", "5x"} <= set(fac) and not any(RAW_EXPONENT.search(t) for t in fac), fac
+
+
+def test_the_kv_figures_draw_mib_per_sequence():
+    """The head-aware cache's figures (on a tiny model): the bytes each cache holds per sequence, in MiB."""
+    from massact.claims import judge
+    from test_headtype_checks import context, short
+    from builders import sink_heads_gpt2
+
+    v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(0.5, 1.0)),
+              context(sink_heads_gpt2(), "sinks"), resamples=0)
+    curves, bars = v.figures
+    held = v.details["kv_bytes"]
+    assert bars["y_label"] == "MiB per sequence" and "per sequence" in bars["title"]
+    assert bars["series"]["after 32 tokens"] == [held[k][-1] / 2**20 for k in bars["categories"]]
+    assert curves["x_label"] == "KV cache held after 32 tokens (MiB per sequence)"
+    assert curves["curves"]["random heads"][0] == [v.values["kv_bytes.random heads"] / 2**20]
+    for f in (curves, bars):
+        assert not any(RAW_EXPONENT.search(t) for t in texts(draw(f))), f["title"]
 
 
 @pytest.mark.parametrize("figure", [
@@ -106,6 +153,9 @@ def test_units_label_the_value_axis():
     Bars3D("flat", "", values=[[0.0]], rows=["<tok>"], cols=["0"]),
     Histogram("none", "", edges=[], counts={}),
     Curves("no curves", "", curves={}),
+    Trend("no values", "", runs=["a", "b"], values=[None, None], intervals=[None, None], verdicts=["invalid", ""],
+          colors=["#6e7781", "#6e7781"]),
+    Trend("no runs", "", runs=[], values=[], intervals=[], verdicts=[], colors=[]),
 ], ids=lambda f: f.title)
 def test_degenerate_records_still_draw(figure):
     root = ET.fromstring(draw(figure.to_dict()))

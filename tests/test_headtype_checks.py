@@ -16,23 +16,22 @@ from massact.claims import judge
 from massact.corpus import CorpusSettings, load_corpus
 from massact.engine import Engine
 from massact.models import LoadedModel
-from massact.requests import LongText
+from massact.requests import LongText, long_documents
 from test_planted import record
 
-SHORT = dict(length=32, chunk=8)  # tiny models have 32-64 positions
+SHORT = dict(length=32)  # tiny models have 32-64 positions
 
 
-def context(model, name: str, *, period: int | None = None, documents: int = 4) -> Context:
-    """The long-document sources filled with random ids (tiny models have no tokenizer), ``documents``
-    per part (more than the fixtures' 4 with ``eight_documents``); with ``period`` each 32-token
-    sequence repeats its first ``period`` tokens."""
+def context(model, name: str, *, period: int | None = None) -> Context:
+    """The long-document sources filled with random ids (tiny models have no tokenizer); with ``period``
+    each 32-token sequence repeats its first ``period`` tokens."""
     lm = LoadedModel(spec=name, name=name, model=model, tokenizer=None, adapter=adapter_for(model.config),
                      dtype="float32", device="cpu")
     corpus = load_corpus(CorpusSettings(seqlen=16))
     engine = Engine(batch_size=4)
     g = torch.Generator().manual_seed(0)
     for part in ("statistics", "held_out"):
-        ids = torch.randint(0, model.config.vocab_size, (documents, 32), generator=g)
+        ids = torch.randint(0, model.config.vocab_size, (len(long_documents(part)), 32), generator=g)
         if period:
             ids = ids[:, :period].repeat(1, 32 // period)
         for chunk in (8, 16, 32):
@@ -41,29 +40,19 @@ def context(model, name: str, *, period: int | None = None, documents: int = 4) 
     return Context(lm, corpus, engine, n=4)
 
 
-@pytest.fixture
-def eight_documents(tmp_path, monkeypatch) -> int:
-    """Eight long documents per part, as placeholders (context() gives their ids): the verdict needs
-    at least verdict.MIN_UNITS independent documents to decide."""
-    from massact import requests
-
-    for i in range(16):
-        (tmp_path / f"doc_{i:02d}.txt").write_text("placeholder")
-    monkeypatch.setattr(requests, "LONG_TEXT", tmp_path)
-    return 8
-
-
 def short(claim_id: str, variant: str, **kw):
+    """The record at 32 tokens: in chunks of 8 where it reads chunks, else whole."""
     rec = record(claim_id, variant)
-    return replace(rec, params=replace(rec.params, **{**SHORT, **kw}))
+    whole = rec.params.source.chunk == rec.params.length
+    return replace(rec, params=replace(rec.params, **{**SHORT, "chunk": 32 if whole else 8, **kw}))
 
 
-@pytest.mark.parametrize("variant", ["documented_method", "correct_method"])
+@pytest.mark.parametrize("variant", ["documented_method", "whole_sequence"])
 def test_sink_share_holds_where_every_head_is_a_sink_head_and_not_on_random_weights(variant) -> None:
     v = judge(short("heads.sink_share", variant), context(sink_heads_gpt2(), "sinks"), resamples=20)
     assert v.verdict == "holds", v.summary
     assert v.values["sink_share"] == 1.0 and v.values["count.sink_positional"] == 8
-    assert v.values["random_init.sink_share"] < 0.5 and v.controls == {"random_init_weights": False}
+    assert v.values["random_init.sink_share"] < 0.5 and v.controls == {"random_init_weights": "ruled out"}
     files = v.artifacts
     assert set(files) == {"head_statistics.json", "head_classifications.json"}
     stats = files["head_statistics.json"]["head_statistics"][0]
@@ -74,10 +63,10 @@ def test_sink_share_holds_where_every_head_is_a_sink_head_and_not_on_random_weig
 
 
 def test_sink_share_refuted_on_random_weights_and_invalid_on_an_encoder() -> None:
-    v = judge(short("heads.sink_share", "correct_method"), context(tiny_model("llama"), "tiny-llama"), resamples=20)
+    v = judge(short("heads.sink_share", "whole_sequence"), context(tiny_model("llama"), "tiny-llama"), resamples=20)
     assert v.verdict == "refuted", v.summary
     assert v.values["sink_share"] < 0.5
-    bert = judge(short("heads.sink_share", "correct_method"), context(tiny_model("bert"), "tiny-bert"))
+    bert = judge(short("heads.sink_share", "whole_sequence"), context(tiny_model("bert"), "tiny-bert"))
     assert bert.verdict == "invalid" and "both directions" in bert.reason
 
 
@@ -87,12 +76,18 @@ def test_the_documents_summary_contradicts_its_distribution() -> None:
     assert v.values["derived.limitable_heads"] == 822 and v.values["stated.limitable_heads"] == 370
     assert v.values["derived.full_cache"] == 202  # gathering 88 + mixed 114: both keep the full cache
     assert v.values["derived.sink_heads"] == 813  # this one the document got right
+    # 370 is the first analyzer's count (361 + 9): stale, an inconsistency; 88 is the compressor's "full"
+    # strategy (gathering only): another reading of "full cache", not an error
+    assert v.values["inconsistencies"] == 1
+    assert "limitable_heads stated 370" in v.reason and "a stale summary" in v.reason and "gives 370" in v.reason
+    assert "full_cache stated 88: a matter of reading, not an error" in v.reason
 
 
 def test_head_params_read_the_documents_chunks_or_whole_sequences() -> None:
     doc, right = HeadParams(method="documented_method"), HeadParams(method="correct_method")
-    assert (doc.source.chunk, right.source.chunk) == (512, 2048)
-    assert doc.samples == 4 * right.samples
+    whole = HeadParams(method="documented_method", chunk=2048)
+    assert (doc.source.chunk, right.source.chunk, whole.source.chunk) == (512, 2048, 2048)
+    assert doc.samples == 4 * right.samples and doc.documents[:5] == [0, 0, 0, 0, 1]
 
 
 @pytest.mark.parametrize("variant", ["documented_method", "correct_method"])
@@ -119,11 +114,11 @@ def test_head_aware_cache_end_to_end_on_a_tiny_model(variant) -> None:
                                                                                     "random heads"}
 
 
-def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens(eight_documents) -> None:
+def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens() -> None:
     """Head 0 copies the token 15 back (the next token, on sequences of period 16) and heads 1-3 are
     sink heads: the plan keeps head 0's whole cache, a uniform cache of equal bytes (its window grows
     to 13) loses the copied key, and the same budgets dealt to random heads take it from head 0."""
-    ctx = context(copy_head_gpt2(), "copy", period=16, documents=eight_documents)
+    ctx = context(copy_head_gpt2(), "copy", period=16)
     v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=50)
     assert v.verdict == "holds", v.summary
     assert v.values["gain"] > 1.0 and v.values["gap_to_full"] == pytest.approx(0.0, abs=1e-4)
@@ -144,10 +139,10 @@ def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens(eight_docume
     ({"full": 2.0, "head-aware": 2.1, "streaming": 2.5, "random heads": 2.05}, "non-specific"),
     ({"full": 2.0, "head-aware": 2.6, "streaming": 2.5, "random heads": 2.4}, "refuted"),
 ], ids=["holds", "random-heads-as-good", "refuted"])
-def test_head_aware_decision(monkeypatch, eight_documents, losses, verdict) -> None:
+def test_head_aware_decision(monkeypatch, losses, verdict) -> None:
     """The decision on stubbed evaluations: each policy's loss per held-out sample and token, which
     varies between samples (and, for random heads, between draws) by a hundredth."""
-    ctx = context(sink_heads_gpt2(), "sinks", documents=eight_documents)
+    ctx = context(sink_heads_gpt2(), "sinks")
     real = ctx.run
 
     def run(request, *, n=None):
@@ -259,7 +254,7 @@ def test_passkey_probe_end_to_end_on_a_tiny_model(monkeypatch) -> None:
 
 
 def test_sequences_longer_than_the_models_context_are_invalid() -> None:
-    v = judge(record("heads.sink_share", "correct_method"), context(sink_heads_gpt2(), "sinks"))
+    v = judge(record("heads.sink_share", "whole_sequence"), context(sink_heads_gpt2(), "sinks"))
     assert v.verdict == "invalid" and "reads at most 32 tokens; the claim reads sequences of 2048" in v.reason
 
 

@@ -29,9 +29,8 @@ def test_attending_to_itself_is_local_and_self() -> None:
     p = ht.attention_profile(causal(torch.eye(T) * 50))
     assert p["entropy"].item() == pytest.approx(0.0, abs=1e-4)
     assert p["local"].item() == pytest.approx(1.0, abs=1e-4)  # the document counts the query as local
-    assert p["local_excl"].item() == pytest.approx(0.0, abs=1e-4)
     assert p["rel"][0, 0, 0].item() == pytest.approx(1.0, abs=1e-4)
-    assert p["global"].item() == pytest.approx(0.0, abs=1e-4) and p["global_excl"].item() == pytest.approx(0.0, abs=1e-4)
+    assert p["global"].item() == pytest.approx(0.0, abs=1e-4)
     assert p["max"].item() == pytest.approx(1.0, abs=1e-4)
 
 
@@ -45,9 +44,9 @@ def test_attending_to_the_first_token_is_sink() -> None:
     assert p["uniformity"].item() > 1.0
 
 
-def test_previous_token_attention_is_local_without_the_query() -> None:
+def test_previous_token_attention_is_local() -> None:
     p = ht.attention_profile(causal(torch.diag(torch.full((T - 1,), 50.0), -1)))
-    assert p["local_excl"].item() == pytest.approx((T - 1) / T, abs=1e-3)  # query 0 can only read itself
+    assert p["local"].item() == pytest.approx(1.0, abs=1e-3)  # query 0 reads itself, the others the key before
     assert p["rel"][0, 0, 1].item() == pytest.approx((T - 1) / T, abs=1e-3)
 
 

@@ -9,7 +9,8 @@ import torch
 
 from builders import SUPPORTED_ARCHS, tiny_model
 from massact.arch import adapter_for
-from massact.capture import TokenMax, block_points, capture, collect
+from massact.capture import block_points, capture, collect
+from massact.reducers import TokenMax
 from massact.corpus import Corpus, CorpusSettings
 from massact.engine import Engine, PassResult
 from massact.requests import want

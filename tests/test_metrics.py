@@ -230,3 +230,20 @@ def test_massive_mask_monotone_in_thresholds(top, med, r1, r2, min_abs) -> None:
         assert massive_mask(t, m, min_abs=min_abs, min_ratio=lo)
     assert bool(massive_mask(t, m, min_abs=0.0, min_ratio=lo)) == (top >= lo * med)
     assert math.isclose(float(ratio(t, m)), top / med, rel_tol=1e-12)
+
+
+def test_moments_of_row_blocks_equal_the_matrix_moments_and_resample_by_rows() -> None:
+    from massact.metrics import outliers as out
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 5, generator=g) ** 3  # heavy tailed
+    whole, blocks = out.moments(w), out.block_sums(w, 4)
+    got = out.moments_of_blocks(blocks)
+    for k in ("std", "excess_kurtosis", "max_z", "n"):
+        assert got[k] == pytest.approx(whole[k], rel=1e-9), k
+    # a multiset of blocks is the matrix of those rows, repeats included
+    pick = torch.tensor([0, 0, 3])
+    rows = torch.cat([w[0:3], w[0:3], w[9:12]])
+    want = out.moments(rows)
+    for k in ("std", "excess_kurtosis", "max_z", "n"):
+        assert out.moments_of_blocks(blocks[pick])[k] == pytest.approx(want[k], rel=1e-9), k

@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from builders import planted_gpt2, tiny_model
 from massact.claims import judge, validate
 from massact.errors import ClaimRecordError
-from test_planted import CLAIMS, N_LAYER, context, record
+from test_planted import CLAIMS, N_LAYER, SAMPLES, context, record
 
 # 256 wide: a row of the narrow default (64, half of it the zeroed position code) puts any 5
 # random entries near 50% of its sum of squares
@@ -96,9 +96,9 @@ def test_contributions_find_the_planted_unit_writing_the_massive_value(planted_m
     v = judge(record("mlp.top_contributors"), planted_mlp, resamples=20)
     assert v.verdict == "holds", v.summary
     assert (v.values["layer"], v.values["dim"]) == (PLANT["layer"], PLANT["feature"])
-    assert v.values["share"] > 0.95 and v.values["entries"] == 8  # one massive entry per sample
+    assert v.values["share"] > 0.95 and v.values["entries"] == SAMPLES  # one massive entry per sample
     assert next(iter(v.details["top_units"])) == 0  # the planted unit
-    assert v.selections["massive entries"] == [[i, PLANT["token"]] for i in range(8)]
+    assert v.selections["massive entries"] == [[i, PLANT["token"]] for i in range(SAMPLES)]
 
 
 def test_contributions_refuted_where_attention_writes_the_massive_value(planted_attn) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +126,17 @@ def test_labels_are_short_and_unique() -> None:
         "/r/ckpt/gpt2": "ckpt/gpt2",  # never a known model's name: a directory named gpt2 is not gpt2
         "/r/w/tiny.gguf": "tiny", "gpt2": "gpt2", "EleutherAI/pythia-410m": "pythia-410m",
         "/x/pythia-410m": "x/pythia-410m", "minilm-l6": "minilm-l6", "/y/minilm-l6": "y/minilm-l6"}
-    assert models.labels(["/a/m", "/b/a/m"]) == {"/a/m": "/a/m", "/b/a/m": "b/a/m"}
+    assert models.labels(["/a/m", "/b/a/m"]) == {"/a/m": "a/m", "/b/a/m": "b/a/m"}  # never an absolute path
+
+
+def test_labels_keep_a_safe_alphabet_and_stay_unique() -> None:
+    """A label is a test id, a folder under the run and HTML: a directory's name keeps letters, digits and
+    _ . - only; names that then collide are told apart by a hash of their path."""
+    got = models.labels(["/m/<svg onload=alert(1)>", "/x/a b", "/x/a_b", "/gpt2"])
+    assert got["/m/<svg onload=alert(1)>"] == "_svg_onload_alert_1__"
+    assert got["/x/a b"] != got["/x/a_b"] and {got["/x/a b"][:6], got["/x/a_b"][:6]} == {"x/a_b-"}
+    assert got["/gpt2"].startswith("gpt2-") and got["/gpt2"] != "gpt2"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", label) for label in got.values())
 
 
 def test_a_model_is_known_by_architecture_and_weights_not_by_name(tmp_path) -> None:

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def test_results_are_kept_also_when_a_verdict_changed():
 
 def test_commands_exist_and_take_their_options():
     (job,) = workflow()["jobs"].values()
-    argvs = commands(job)
+    argvs = [argv for argv in commands(job) if argv[0].startswith("scripts/")]
     assert [argv[0] for argv in argvs] == ["scripts/setup", "scripts/claims"]
     for argv in argvs:
         script = ROOT / argv[0]
@@ -78,3 +79,23 @@ def test_commands_exist_and_take_their_options():
     assert res.returncode == 0, res.stderr[-2000:]
     for option in (a.split("=")[0] for a in claims if a.startswith("--")):
         assert re.search(rf"^\s+{re.escape(option)}\b", res.stdout, re.M), f"{option} is not a pytest option"
+
+
+@pytest.mark.parametrize("spec", ["smollm2-135m", "EleutherAI/pythia-410m", "./checkpoints/my model", "/data/ckpt:v2"])
+def test_the_artifact_is_named_validly_for_any_model_spec(spec, tmp_path):
+    """upload-artifact refuses a name with / (a hub id, a path), : and the like: the job makes one it takes."""
+    (job,) = workflow()["jobs"].values()
+    (upload,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    (naming,) = [s for s in job["steps"] if "GITHUB_ENV" in s.get("run", "")]
+    assert naming["if"] == "always()" and upload["with"]["name"] == "${{ env.ARTIFACT }}"
+    env_file = tmp_path / "github_env"
+    subprocess.run(["bash", "-c", naming["run"].replace("${{ github.run_number }}", "17")], check=True,
+                   env={**os.environ, "MODEL": spec, "GITHUB_ENV": str(env_file)})
+    key, _, name = env_file.read_text().strip().partition("=")
+    assert key == "ARTIFACT" and re.fullmatch(r"massact-[A-Za-z0-9._-]+-17", name), name
+
+
+def test_the_runner_installs_the_cpu_build_of_torch():
+    """A CPU runner given PyPI's torch==2.13.0 downloads a CUDA build of several GB it cannot use."""
+    (job,) = workflow()["jobs"].values()
+    assert job["env"]["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"

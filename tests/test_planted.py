@@ -24,6 +24,7 @@ from massact.requests import want
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims"
 N_LAYER, SEQLEN = 4, 16
+SAMPLES = 12  # at least massact.verdict.MIN_UNITS: fewer independent samples decide nothing
 
 
 def record(claim_id: str, variant: str = "general") -> Claim:
@@ -46,8 +47,9 @@ def loaded_context(lm: LoadedModel, *, seed: int = 0) -> Context:
     corpus = load_corpus(CorpusSettings(seqlen=SEQLEN, seed=seed))
     engine = Engine(batch_size=4)
     g = torch.Generator().manual_seed(seed)
-    engine.inputs[(lm.spec, corpus.key)] = torch.randint(0, model.config.vocab_size, (8, SEQLEN), generator=g)
-    return Context(lm, corpus, engine, n=8)
+    # as many samples as an interval needs to decide (massact.verdict.MIN_UNITS), and a few more
+    engine.inputs[(lm.spec, corpus.key)] = torch.randint(0, model.config.vocab_size, (SAMPLES, SEQLEN), generator=g)
+    return Context(lm, corpus, engine, n=SAMPLES)
 
 
 plantings = st.fixed_dictionaries({
@@ -68,8 +70,8 @@ def test_finds_the_planted_layer_feature_and_token(p):
     assert v.details["massive_layers"] == list(range(p["layer"], N_LAYER))
     r = ctx.run(want("block.*", "top_token", "top_feature"))
     for l in range(p["layer"], N_LAYER):
-        assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * 8
-        assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * 8
+        assert r.stat(f"block.{l}", "top_token")[:, 0].tolist() == [p["token"]] * SAMPLES
+        assert r.stat(f"block.{l}", "top_feature")[:, 0].tolist() == [p["feature"]] * SAMPLES
     dims = judge(record("massive.fixed_dims"), ctx)
     assert dims.verdict == "holds" and dims.values["top_dim"] == p["feature"], dims.summary
 

@@ -236,7 +236,7 @@ def test_cli_rerenders_the_report(tmp_path):
     assert "massive.exists" in (tmp_path / "out.html").read_text()
     res = subprocess.run([sys.executable, "-m", "massact", "report", str(tmp_path / "missing.json")],
                          capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 2 and "error:" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 4 and "error:" in res.stderr and "Traceback" not in res.stderr  # a usage error
 
 
 @pytest.fixture

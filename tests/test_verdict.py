@@ -106,8 +106,8 @@ def test_a_control_that_also_holds_is_reported_whatever_the_verdict(monkeypatch)
 
 def test_samples_of_one_source_are_resampled_together(monkeypatch) -> None:
     """Four chunks each of a few documents: the documents are the units, not the chunks."""
-    docs = torch.tensor([0.9, 1.1, 1.4, 0.7, 1.2, 1.0, 0.8, 1.3], dtype=torch.float64)
-    chunks = docs.repeat_interleave(4)  # 32 samples, 4 of each document
+    docs = torch.tensor([0.9, 1.1, 1.4, 0.7, 1.2, 1.0, 0.8, 1.3, 1.05, 0.95], dtype=torch.float64)
+    chunks = docs.repeat_interleave(4)  # 40 samples, 4 of each document
 
     def measured(n_docs):
         data = chunks[:4 * n_docs]
@@ -116,9 +116,9 @@ def test_samples_of_one_source_are_resampled_together(monkeypatch) -> None:
     few = judged(monkeypatch, measured(4))
     assert few.verdict == "inconclusive" and "too few independent documents: 4" in few.reason
     assert (few.bootstrap["unit"], few.bootstrap["units"], few.bootstrap["samples"]) == ("document", 4, 16)
-    e = judged(monkeypatch, measured(8), resamples=1000)
-    assert e.verdict == "holds" and (e.bootstrap["units"], e.bootstrap["samples"]) == (8, 32)
-    # chunks taken as independent would claim a narrower interval than the eight documents give
+    e = judged(monkeypatch, measured(10), resamples=1000)
+    assert e.verdict == "holds" and (e.bootstrap["units"], e.bootstrap["samples"]) == (10, 40)
+    # chunks taken as independent would claim a narrower interval than the ten documents give
     flat = judged(monkeypatch, mean_above(0.5, data=chunks), resamples=1000)
     width = lambda x: x.intervals["mean"][1] - x.intervals["mean"][0]  # noqa: E731
     assert width(e) > 1.5 * width(flat)

@@ -110,6 +110,7 @@ FUNCTION_POS = [8, 12, 22, 25, 31]  # and, a, on, my, "." (the at 0 is left out 
 CONTENT_POS = [4, 14, 18, 28]  # dog, cat, sat, mat
 SEQ = len(TEXT)
 RESAMPLES = 10  # the samples are identical copies: resampling only exercises the bootstrap path
+COPIES = 12  # as many samples as a decided verdict needs (massact.verdict.MIN_UNITS), and a few more
 
 
 def planted_at(positions: list[int]):
@@ -122,7 +123,7 @@ def planted_at(positions: list[int]):
     return model
 
 
-def text_context(model, name: str, n: int = 8) -> Context:
+def text_context(model, name: str, n: int = COPIES) -> Context:
     tok = char_tokenizer()
     lm = LoadedModel(spec=name, name=name, model=model, tokenizer=tok, adapter=adapter_for(model.config),
                      dtype="float32", device="cpu")
@@ -157,7 +158,7 @@ def test_word_claims_follow_the_planting(positions, align, no_diff) -> None:
     # the document's own measure, signed cos: the planted unit's input has one sign, so the same verdict
     signed = judge(record("svd.function_words_no_difference", "signed"), ctx, resamples=RESAMPLES)
     assert signed.verdict == no_diff and signed.values["d"] == signed.values["d_signed"], signed.summary
-    assert s3.values["n_function"] == 8 * len(FUNCTION_POS) and s3.values["n_content"] == 8 * len(CONTENT_POS)
+    assert s3.values["n_function"] == COPIES * len(FUNCTION_POS) and s3.values["n_content"] == COPIES * len(CONTENT_POS)
     assert set(s3.details["top_function"]) >= {"a", "o", "m"}
 
 
@@ -172,7 +173,7 @@ def test_massive_tokens_judges_the_first_token_and_the_words_apart(positions, ve
     first the function-word half fails instead of passing for want of a counter-example."""
     l5 = judge(record("massive.tokens"), text_context(planted_at(positions), "planted"), resamples=RESAMPLES)
     assert l5.verdict == verdict, l5.summary
-    assert l5.values["n_positions"] == 8 * len(positions)
+    assert l5.values["n_positions"] == COPIES * len(positions)
     assert [c for c, side in l5.bootstrap["conditions"].items() if side == "fails"] == failing, l5.bootstrap
     if positions == [0]:
         assert "fd_share_rest" not in l5.values and "not borne out" in l5.summary

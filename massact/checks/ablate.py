@@ -132,7 +132,11 @@ def top_vs_bottom_heads(ctx: Context, p: TopBottomParams) -> Measurement:
     s = scores(ctx, p.rank_by)  # the ranking, from all of the claim's samples
     L, H = s.shape
     top, bottom = hm.ranked(s, p.k), hm.ranked(s, p.k, top=False)
-    draws = {"random": [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)],
+    try:
+        rand = [hm.random_heads(L, H, p.k, seed=d, exclude=top + bottom) for d in range(p.random_draws)]
+    except hm.TooFewHeads as e:
+        raise ClaimInvalid(f"the random-heads control cannot be drawn: {e}") from None
+    draws = {"random": rand,
              "layer_matched": [h for d in range(p.random_draws)
                                if (h := hm.layer_matched_heads(bottom, H, seed=d, exclude=top + bottom))]}
     base = _top1(ctx, ctx.run(PROFILE))
@@ -197,12 +201,13 @@ def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
     base = _top1(ctx, base_r)
     prof = profile(base_r, ctx.lm.n_layers)
     layer = act.emergence_layer(prof["top1"], prof["median"], min_abs=p.min_abs, min_ratio=p.min_ratio)
+    if layer is None:  # the claim is that a single head does not make the massive activation
+        raise ClaimInvalid(f"no layer of {ctx.lm.name} has massive activations: no top-1 for a head to make")
     H = ctx.lm.adapter.n_heads(ctx.lm.config)
-    pool = [] if layer is None else [(layer, h) for h in range(H) if (layer, h) not in heads]
+    pool = [(layer, h) for h in range(H) if (layer, h) not in heads]
     if len(pool) < p.n_heads:
         pool = []
-    no_control = ("no massive layer" if layer is None else
-                  f"layer {layer} has no {p.n_heads} heads besides the top ones")
+    no_control = f"layer {layer} has no {p.n_heads} heads besides the top ones"
     draws = [hm.layer_matched_heads([(layer, 0)] * p.n_heads, H, seed=d, exclude=heads) for d in range(p.random_draws)
              ] if pool else []
     # one pass per head pruned alone, its own layer's top-1: (N,)
@@ -238,6 +243,6 @@ def single_head(ctx: Context, p: SingleHeadParams) -> Measurement:
                        selections={"heads": heads, "ranked by": f"first-token attention ({p.rank_by}) over all "
                                                                  f"{len(base)} samples",
                                    "control heads": draws or f"none: {no_control}",
-                                   "emergence layer": layer if layer is not None else "none"},
+                                   "emergence layer": layer},
                        details={"heads": [list(k) for k in heads], "control_heads": [list(k) for k in pool],
                                 "change": [full.values[f"change.{l}.{h}"] for l, h in heads]})

@@ -14,6 +14,7 @@ ClaimInvalid.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections import Counter
@@ -79,6 +80,8 @@ class Params:
         for name, value in raw.items():
             if not _is(value, hints[name]):
                 raise ClaimRecordError(f"field 'params.{name}' must be {_describe(hints[name])}, not {value!r}")
+            if not finite(value):  # TOML reads nan and inf: no threshold compares sensibly with them
+                raise ClaimRecordError(f"field 'params.{name}' must hold finite numbers only, not {value!r}")
         return cls(**{k: _frozen(v) for k, v in raw.items()})
 
     def to_dict(self) -> dict:
@@ -106,6 +109,17 @@ def _is(value, tp) -> bool:
     if tp is type(None):
         return value is None
     return isinstance(value, tp)
+
+
+def finite(value) -> bool:
+    """Whether every number in a TOML value (nested in lists and tables too) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    return True
 
 
 def _describe(tp) -> str:

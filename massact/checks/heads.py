@@ -7,11 +7,12 @@ from typing import Literal
 import torch
 
 from massact import figures as fig
-from massact.checks.base import Condition, Context, Measurement, Outcome, Params, check
+from massact.checks.base import (ClaimInvalid, Condition, Context, MassiveDef, Measurement, Outcome, Params, check,
+                                 emergence_of, profile)
 from massact.engine import PassResult
 from massact.errors import CorpusError, SequenceTooLong
 from massact.metrics import heads as hm
-from massact.requests import want
+from massact.requests import Request, want
 
 # documented_method: query 0 included (it always puts 1.0 on key 0); correct_method: excluded
 METHOD = Literal["documented_method", "correct_method"]
@@ -146,3 +147,121 @@ def specialization(ctx: Context, p: SpecializationParams) -> Measurement:
     return Measurement(decide, n=r.n, bound={"op": "<", "value": p.low, "abs": False},
                        conditions=[Condition("max_score", ">", p.high), Condition("min_score", "<", p.low)],
                        details={"scores": s.tolist(), "method": p.method, "seqlen": ctx.seqlen})
+
+
+# ---------------------------------------------------------------- sink tokens carry small values
+
+RECEIVED = want("attn.*", "received")  # (N, H, T) per layer: attention each key gets from later queries
+VALUE_NORMS = want("attn.*.v", "norm")  # (N, KV, T) per layer: each value vector's L2 norm
+SINK_VALUES = RECEIVED | VALUE_NORMS  # one eager pass: the probabilities need eager attention, the values do not
+MASSIVE_TOKEN = want("block.*", "top_abs", "top_token", "median")  # the profile, and where each top-1 sits
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkValueParams(MassiveDef):
+    token: Literal["massive", "first"]  # the token carrying the massive activation, or position 0
+    k: int  # the heads that attend most to the token
+    max_ratio: float  # its value norm over the median of the other tokens' value norms, below this
+    draws: int = 20  # random tokens and random head sets drawn for the reference and the control
+    seed: int = 0
+
+
+def sink_request(p: SinkValueParams) -> Request:
+    return SINK_VALUES | MASSIVE_TOKEN if p.token == "massive" else SINK_VALUES
+
+
+@check(SinkValueParams, needs=lambda p: [sink_request(p)])
+def sink_values_small(ctx: Context, p: SinkValueParams) -> Measurement:
+    """The heads that attend most to the sink token read a small value vector there (Sun et al. 2024).
+
+    Per sample the sink token is the one carrying the massive activation (the top-1 |activation| of the
+    emergence layer's output) or position 0. The k heads with the most attention on it (``received``,
+    averaged over samples) are ranked; each reads its KV head's value vectors, and the value is that
+    vector's norm at the sink token over the median norm of the other tokens, averaged over samples and
+    the k heads. Controls, each the claim with one part swapped (``draws`` draws each, every draw's value
+    kept): a random other token instead of the sink token (its own top-k heads), and k random heads
+    instead of the top ones. Either reading a value below ``max_ratio`` makes the claim non-specific.
+    """
+    r = ctx.run(sink_request(p))
+    lm, L = ctx.lm, ctx.lm.n_layers
+    H, kv_of = lm.adapter.n_heads(lm.config), list(lm.adapter.kv_heads_of(lm.config))
+    received = torch.stack([r.stat(f"attn.{l}", "received") for l in range(L)], dim=1)  # (N, L, H, T)
+    norms = torch.stack([r.stat(f"attn.{l}.v", "norm") for l in range(L)], dim=1)  # (N, L, KV, T)
+    N, T = received.shape[0], received.shape[-1]
+    if T < 2:
+        raise ClaimInvalid(f"samples of {T} token have no other tokens to compare the sink token's values with")
+    if 2 * p.k > L * H:
+        raise ClaimInvalid(f"k = {p.k} heads and {p.k} random heads outside them need {2 * p.k} heads; "
+                           f"{lm.name} has {L * H} ({L} layers x {H})")
+    ratio = hm.norm_vs_others(norms.double())[:, :, kv_of]  # (N, L, H, T): each query head reads its KV head
+    g = torch.Generator().manual_seed(p.seed)
+    others = torch.randint(0, T - 1, (p.draws, N), generator=g)  # per draw and sample, one of the T - 1 others
+
+    def sink_tokens(idx) -> tuple[torch.Tensor, int | None]:
+        """(n,) the sink token of each sample of ``idx``, and the emergence layer it was read at."""
+        sel = r.select(idx)
+        if p.token == "first":
+            return torch.zeros(sel.n, dtype=torch.long), None
+        layer = emergence_of(profile(sel, L), p, lm.name)
+        return sel.stat(f"block.{layer}", "top_token")[:, 0], layer
+
+    def decide(idx, didx):
+        rows = slice(None) if idx is None else idx
+        picked = range(p.draws) if didx is None else didx.tolist()  # the draws, resampled with the samples
+        tok, layer = sink_tokens(idx)
+        ratios = ratio[rows]  # (n, L, H, T)
+        scores = hm.at_token(received[rows], tok).double().mean(0)  # (L, H) attention on the sink token
+        top = hm.ranked(scores, p.k)
+        per_head = hm.at_token(ratios, tok).mean(0)  # (L, H)
+
+        def over(heads, x=per_head) -> float:
+            return float(torch.stack([x[l, h] for l, h in heads]).mean())
+
+        u = others[:, rows]
+        tokens = [u[d] + (u[d] >= tok).long() for d in picked]  # a random token other than the sink
+        # the claim about a random token: the heads attending most to it, and the value norm they read there
+        rand_tok = [over(hm.ranked(hm.at_token(received[rows], t_).double().mean(0), p.k),
+                         hm.at_token(ratios, t_).mean(0)) for t_ in tokens]
+        rand_heads = [over(hm.random_heads(L, H, p.k, seed=p.seed + d, exclude=top)) for d in picked]
+        value, rt, rh = over(top), sum(rand_tok) / len(picked), sum(rand_heads) / len(picked)
+        shown = f"{top[:4]}"[:-1] + (", ...]" if p.k > 4 else "]")
+        where = ("position 0" if layer is None else f"the massive token (top-1 of block {layer}'s output; position 0 "
+                 f"in {int((tok == 0).sum())} of {len(tok)} samples)")
+        values = {"value_ratio": value, "attention": over(top, scores), "random_heads": rh, "random_token": rt,
+                  "over_random_heads": value / rh,  # how much smaller than random heads' the top heads' values are
+                  "share_at_0": float((tok == 0).double().mean())}
+        if didx is None:  # each draw's own value, reported (a resample's draws have no names of their own)
+            values |= {f"random_heads.{d}": v for d, v in enumerate(rand_heads)}
+            values |= {f"random_token.{d}": v for d, v in enumerate(rand_tok)}
+        if layer is not None:
+            values["layer"] = layer
+        return Outcome(
+            holds=value < p.max_ratio, primary="value_ratio", values=values,
+            summary=f"sink token: {where}; the {p.k} heads attending most to it {shown} put "
+                    f"{values['attention']:.3f} of their attention on it and read a value norm {value:.3f}x the "
+                    f"median of the other tokens'; controls ({p.draws} draws each): {p.k} random heads {rh:.3f}x, a "
+                    f"random other token (the {p.k} heads attending most to it) {rt:.3f}x",
+            controls={"random_heads": Condition("random_heads", "<", p.max_ratio),
+                      "random_token": Condition("random_token", "<", p.max_ratio)})
+
+    full = decide(None, None)
+    tok, _ = sink_tokens(None)
+    per_head = hm.at_token(ratio, tok).mean(0)
+    top = hm.ranked(hm.at_token(received, tok).double().mean(0), p.k)
+    what = "the massive token" if p.token == "massive" else "position 0"
+    return Measurement(
+        decide, n=r.n, draws=p.draws, unit="x", bound={"op": "<", "value": p.max_ratio, "abs": False},
+        details={"top": top, "value_ratio_per_head": per_head.tolist(), "kv_heads_of": kv_of},
+        figures=[fig.Heatmap(title=f"{lm.name}: value norm at {what} over the median of the other tokens",
+                             matrix=per_head.tolist(), value_label="value norm ratio", vmin=0.0, vmax=2.0,
+                             marks=[(l, h, "top") for l, h in top],
+                             caption=f"per layer (rows) and query head (columns; each reads its KV head's values), "
+                                     f"mean over {r.n} samples of {ctx.seqlen} tokens; marked: the {p.k} heads with "
+                                     f"the most attention on {what}"),
+                 fig.Bars(title=f"{lm.name}: value norm ratio at {what}", unit="x", y_label="value norm ratio",
+                          categories=[f"top-{p.k} heads", f"{p.k} random heads", "random token, its top heads"],
+                          series={"mean over samples": [full.values["value_ratio"], full.values["random_heads"],
+                                                        full.values["random_token"]]},
+                          refs=[fig.Ref(p.max_ratio, f"claim: < {p.max_ratio:g}x")],
+                          caption=f"random heads and random tokens: means over {p.draws} draws (each draw's value "
+                                  "is in the values table)")])

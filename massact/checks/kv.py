@@ -36,6 +36,7 @@ from massact.requests import KV_POINT, LOSS_POINT, LongText, Needle, Passkey, Re
 
 MAPPING = {"documented_method": "documented", "correct_method": "correct"}
 UNREACHABLE = "cannot reach the needle by construction"
+MIB = 2**20  # bytes; the summary and the figures say how much a cache holds in MiB
 
 
 def _scaled(b: ht.Budget, scale: float) -> ht.Budget:
@@ -134,7 +135,7 @@ def _frees_nothing(lm: LoadedModel, plan: Plan, whole: Plan, p: HeadAwareParams)
     return (f"the head-aware plan ({p.method}) keeps the whole cache on {lm.name}: {full_q} of {L * H} query heads "
             f"need the full cache, and each of the {L * K} KV heads keeps what any of its {H // K} query heads needs: "
             f"{plan.entries(T):,} of the {whole.entries(T):,} KV entries the model's own cache holds after {T} "
-            f"tokens ({rows}, per KV head; {whole.entries(T) * per_entry / 2**20:.1f} MiB per sequence); with "
+            f"tokens ({rows}, per KV head; {whole.entries(T) * per_entry / MIB:.1f} MiB per sequence); with "
             "nothing freed there is no compression to compare with a uniform cache of equal bytes")
 
 
@@ -160,7 +161,7 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
     """The head-aware cache has a lower next-token loss than a uniform sink + window cache of the
     same KV bytes at every step; the same budgets on random heads must not do as well."""
     per = measure_heads(ctx, p)
-    _, classes = classified(per, p.method)
+    _, classes = classified(per)
     lm, T = ctx.lm, p.length
     L, H, K = lm.n_layers, lm.adapter.n_heads(lm.config), lm.adapter.n_kv_heads(lm.config)
     mapping = MAPPING[p.method]
@@ -203,7 +204,7 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
     labels = [f"{lo}-{hi - 1}" for lo, hi in p.buckets]
     window_at = {t: plans["streaming"].schedule[t] for t in p.checkpoints}
 
-    def decide(idx, didx):
+    def decide(idx, didx=None):  # didx: the random-heads draws picked (None: all)
         pick = slice(None) if idx is None else idx
 
         def mean(name, t):  # over the documents picked, and over the draws picked for random heads
@@ -234,7 +235,7 @@ def kv_head_aware(ctx: Context, p: HeadAwareParams) -> Measurement:
                     + f" (streaming: sink {p.sink} + a window of {', '.join(map(str, window_at.values()))} at "
                       f"{', '.join(map(str, window_at))} tokens; random heads: mean of {len(draws)} draws); KV "
                       f"MiB at {', '.join(map(str, p.checkpoints))}: "
-                    + "; ".join(f"{k} {'/'.join(f'{b / 2**20:.2f}' for b in v)}" for k, v in kv_bytes.items())
+                    + "; ".join(f"{k} {'/'.join(f'{b / MIB:.2f}' for b in v)}" for k, v in kv_bytes.items())
                     + ("; passkey " + ", ".join(f"{k} {v}" for k, v in reach.items()) if reach else ""),
             values=values, controls=controls,
             reason="" if gain > p.min_gain else
@@ -283,15 +284,15 @@ def _passkey_details(answered: dict[str, list[bool | None]], prompts: list) -> d
 def _figures(lm, p: HeadAwareParams, curve, runs, random_runs, bucket_doc, prompts, answered, kv_bytes) -> list:
     c0, T = p.checkpoints[0], p.length
     scales = sorted(curve)
-    xy = lambda rs: tuple(list(v) for v in zip(*[_point(r, c0) for r in rs]))  # noqa: E731  (bytes, losses)
+    xy = lambda rs: ([_point(r, c0)[0] / MIB for r in rs], [_point(r, c0)[1] for r in rs])  # noqa: E731  (MiB, losses)
     curves = {"head-aware": xy([curve[s][0] for s in scales]),
               "streaming, equal bytes": xy([curve[s][1] for s in scales])}
     if random_runs:
         x, y = xy(random_runs)
         curves["random heads"] = ([sum(x) / len(x)], [sum(y) / len(y)])
     out = [] if len(scales) < 2 else [
-        fig.Curves(title=f"{lm.name}: next-token loss against KV bytes ({p.method})", curves=curves,
-                   x_label=f"KV bytes held after {T} tokens", y_label=f"mean loss from token {c0}",
+        fig.Curves(title=f"{lm.name}: next-token loss against the KV cache held ({p.method})", curves=curves,
+                   x_label=f"KV cache held after {T} tokens (MiB per sequence)", y_label=f"mean loss from token {c0}",
                    log_x=True, refs=[fig.Ref(_point(runs["full"], c0)[1], "full cache")],
                    caption=f"the plan's windows times {', '.join(f'{s:g}' for s in scales)}; each against a sink "
                            f"{p.sink} + window cache holding as many entries at every step; random heads: the mean "
@@ -303,9 +304,11 @@ def _figures(lm, p: HeadAwareParams, curve, runs, random_runs, bucket_doc, promp
                   spans=[fig.Span(c0, T - 1, "scored for the verdict")],
                   caption=f"the mean loss per bucket of {p.bucket} positions over the held-out documents; streaming "
                           "holds as many KV entries as the plan at every position"),
-        fig.Bars(title=f"{lm.name}: KV bytes held per cache ({p.method})", categories=list(kv_bytes),
-                 series={f"after {t} tokens": [v[i] for v in kv_bytes.values()] for i, t in enumerate(p.checkpoints)},
-                 y_label="bytes", caption="the nbytes of the key and value tensors the cache holds, per sequence")]
+        fig.Bars(title=f"{lm.name}: KV cache held per sequence ({p.method})", categories=list(kv_bytes),
+                 series={f"after {t} tokens": [v[i] / MIB for v in kv_bytes.values()]
+                         for i, t in enumerate(p.checkpoints)},
+                 y_label="MiB per sequence", caption="the nbytes of the key and value tensors the cache holds, "
+                                                     "per sequence of a batch")]
     if answered:
         depths = list(dict.fromkeys(q.depth for q in prompts))
 

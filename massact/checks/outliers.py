@@ -8,9 +8,9 @@ import torch
 
 from massact import figures as fig
 from massact.arch import read_weight
-from massact.capture import ENERGY_FRACS
 from massact.checks.base import (PROFILE, ClaimInvalid, Condition, Context, MassiveDef, Measurement, Outcome, Params,
                                  check, check_layer, fixed, massive_layers, massive_spans, profile, ranges)
+from massact.reducers import ENERGY_FRACS
 from massact.metrics import outliers as out
 from massact.requests import want
 
@@ -65,20 +65,35 @@ def _histogram(w: torch.Tensor) -> tuple[list[float], list[float]]:
 
 @check(HeavyParams)
 def weights_heavy_tailed(ctx: Context, p: HeavyParams) -> Measurement:
-    """Every named matrix: excess kurtosis significantly > 0 and its farthest entry > min_max_z std out."""
+    """Every named matrix: excess kurtosis significantly > 0 and its farthest entry > min_max_z std out.
+
+    The interval resamples the matrices' rows: each unit is one row of the smallest matrix and the
+    matching run of rows of every larger one, so it says how firmly the few farthest weights decide."""
     mats = {"embeddings": read_weight(ctx.lm.model.get_input_embeddings())}
     for l in _layers(p.layers, ctx.lm.n_layers):
         mats.update({f"{k}.{l}": w for k, w in weight_matrices(ctx, l).items()})
-    stats = {k: out.moments(w) for k, w in mats.items()}
-    light = [k for k, m in stats.items() if not _heavy(m, p)]
+    units = min(w.shape[0] for w in mats.values())
+    sums = {k: out.block_sums(w, units) for k, w in mats.items()}
     # control: a Gaussian matrix of each size, which must not pass (max |z| grows ~ sqrt(2 ln n))
     g = torch.Generator().manual_seed(0)
     gauss = [k for k, w in mats.items() if _heavy(out.moments(torch.randn(w.numel(), generator=g)), p)]
-    values = {"margin": min(_margin(m, p) for m in stats.values()), "gaussian_passing": len(gauss),
-              "min_kurtosis": min(m["excess_kurtosis"] for m in stats.values()),
-              "min_max_z": min(m["max_z"] for m in stats.values())}
-    for k, m in stats.items():
-        values[f"kurtosis.{k}"], values[f"max_z.{k}"] = m["excess_kurtosis"], m["max_z"]
+
+    def decide(idx):
+        stats = {k: out.moments_of_blocks(s if idx is None else s[idx]) for k, s in sums.items()}
+        light = [k for k, m in stats.items() if not _heavy(m, p)]
+        values = {"margin": min(_margin(m, p) for m in stats.values()), "gaussian_passing": len(gauss),
+                  "min_kurtosis": min(m["excess_kurtosis"] for m in stats.values()),
+                  "min_max_z": min(m["max_z"] for m in stats.values())}
+        for k, m in stats.items():
+            values[f"kurtosis.{k}"], values[f"max_z.{k}"] = m["excess_kurtosis"], m["max_z"]
+        return Outcome(
+            holds=not light, primary="margin",
+            summary="; ".join(f"{k}: kurtosis {m['excess_kurtosis']:.2f}, max {m['max_z']:.1f} std"
+                              for k, m in stats.items()),
+            values=values, controls={"gaussian_same_size": Condition("gaussian_passing", ">=", len(mats))},
+            reason=f"not heavy tailed: {', '.join(light)}" if light else "")
+
+    stats = {k: out.moments(w) for k, w in mats.items()}
     # every layer's kurtosis, for the report: cheap next to a forward pass
     per_layer = {}
     for l in range(ctx.lm.n_layers):
@@ -95,14 +110,9 @@ def weights_heavy_tailed(ctx: Context, p: HeavyParams) -> Measurement:
     figures.append(fig.Lines(title=f"{ctx.lm.name}: excess kurtosis of the weights per layer",
                              x=list(range(ctx.lm.n_layers)), series=per_layer, y_label="excess kurtosis",
                              refs=[fig.Ref(0.0, "Gaussian")], caption="0 for a Gaussian; > 0 for heavy tails"))
-    return fixed(Outcome(
-        holds=not light, primary="margin",
-        summary="; ".join(f"{k}: kurtosis {m['excess_kurtosis']:.2f}, max {m['max_z']:.1f} std"
-                          for k, m in stats.items()),
-        values=values, controls={"gaussian_same_size": Condition("gaussian_passing", ">=", len(mats))},
-        reason=f"not heavy tailed: {', '.join(light)}" if light else ""),
-        bound={"op": ">", "value": 1.0, "abs": False},
-        details={"matrices": stats, "per_layer_kurtosis": per_layer, "gaussian_passing": gauss}, figures=figures)
+    return Measurement(decide, n=units, resampled="row", bound={"op": ">", "value": 1.0, "abs": False},
+                       details={"matrices": stats, "per_layer_kurtosis": per_layer, "gaussian_passing": gauss},
+                       figures=figures)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,8 +27,8 @@ def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LO
     (zero above the diagonal: a query reads no later key).
 
     entropy, max, sink (keys < sink), recent (keys >= int(0.9 T)), rel (B, H, bins): rel[d] the mean
-    over queries of a[q, q - d]; local (keys q-local..q, the query included, as the document did) and
-    local_excl (keys q-local..q-1); uniformity: mean over queries q >= 1 of KL(a[q, :q+1] || uniform).
+    over queries of a[q, q - d]; local (keys q-local..q, the query included, as the document did and as a
+    KV window keeps it); uniformity: mean over queries q >= 1 of KL(a[q, :q+1] || uniform).
     """
     a = a.detach().float()
     B, H, T, K = a.shape
@@ -45,18 +45,14 @@ def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LO
     kl = plogp - (1.0 / (q + 1) + EPS).log()  # (B, H, T)
     entropy = -plogp
     sinks = a[..., :sink].sum(-1).mean(-1)
-    local_incl, local_excl = rel[..., :local + 1].sum(-1), rel[..., 1:local + 1].sum(-1)
+    local_incl = rel[..., :local + 1].sum(-1)
     return {
         "entropy": entropy.mean(-1),
         "max": a.amax(-1).mean(-1),
         "sink": sinks,
         "recent": a[..., max(0, int(K * (1 - recent_ratio))):].sum(-1).mean(-1),
         "local": local_incl,
-        "local_excl": local_excl,
-        # what sink and local leave, per sample as the document computed it; with local_excl the query
-        # itself is not "global" either
-        "global": (1 - sinks - local_incl).clamp(min=0),
-        "global_excl": (1 - sinks - local_excl - rel[..., 0]).clamp(min=0),
+        "global": (1 - sinks - local_incl).clamp(min=0),  # what sink and local leave, as the document computed it
         "uniformity": kl[..., 1:].mean(-1) if T > 1 else kl.new_zeros(B, H),
         "rel": rel,
     }
@@ -77,20 +73,19 @@ class HeadStats:
     relative_position_dist: list
 
 
-def head_stats(per: dict[str, torch.Tensor], *, local: str = "local") -> list[HeadStats]:
+def head_stats(per: dict[str, torch.Tensor]) -> list[HeadStats]:
     """From per-sample statistics {name: (N, L, H[, bins])} to one HeadStats per (layer, head).
 
     Means over samples (the document's chunks); std_entropy is the population standard deviation
-    of the per-sample entropies. ``local``: "local" (the document's, the query included) or
-    "local_excl"; global is what sink and local leave.
+    of the per-sample entropies; global is what sink and local leave.
     """
     m = {k: v.double().mean(0) for k, v in per.items()}
     std = per["entropy"].double().std(0, correction=0)
-    glob = m["global" if local == "local" else "global_excl"]
+    glob = m["global"]
     L, H = m["entropy"].shape
     return [HeadStats(l, h, float(m["entropy"][l, h]), float(std[l, h]), float(m["max"][l, h]),
                       {"sink": float(m["sink"][l, h]), "recent": float(m["recent"][l, h]),
-                       "local": float(m[local][l, h]), "global": float(glob[l, h])},
+                       "local": float(m["local"][l, h]), "global": float(glob[l, h])},
                       float(m["sink"][l, h]), float(m["uniformity"][l, h]), m["rel"][l, h].tolist())
             for l in range(L) for h in range(H)]
 

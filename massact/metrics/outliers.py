@@ -38,6 +38,36 @@ def moments(x: torch.Tensor) -> dict[str, float]:
     return {"mean": mean, "std": std, "excess_kurtosis": m4 / m2**2 - 3.0, "max_z": math.sqrt(dev) / std, "n": n}
 
 
+def block_sums(w: torch.Tensor, blocks: int) -> torch.Tensor:
+    """A matrix's rows in ``blocks`` consecutive runs, per run: entries, the sums of d, d^2, d^3, d^4,
+    and the max and min of d, where d = w - the matrix's mean; (blocks, 7) float64. The moments of
+    any multiset of runs follow from them (moments_of_blocks) without touching the weights again."""
+    rows = w.detach().reshape(w.shape[0], -1)
+    if not 1 <= blocks <= rows.shape[0]:
+        raise ValueError(f"{blocks} blocks of a matrix with {rows.shape[0]} rows")
+    center = moments(rows)["mean"]
+    edges = [b * rows.shape[0] // blocks for b in range(blocks + 1)]
+    out = torch.empty(blocks, 7, dtype=torch.float64)
+    for b in range(blocks):
+        d = rows[edges[b]:edges[b + 1]].double() - center
+        out[b] = torch.stack([torch.tensor(float(d.numel()), dtype=torch.float64), d.sum(), d.square().sum(),
+                              d.pow(3).sum(), d.square().square().sum(), d.max(), d.min()])
+    return out
+
+
+def moments_of_blocks(sums: torch.Tensor) -> dict[str, float]:
+    """moments() of the entries of the runs whose block_sums are the rows of ``sums`` (repeats count)."""
+    n, s1, s2, s3, s4 = (float(sums[:, i].sum()) for i in range(5))
+    d = s1 / n  # the mean's offset from the matrix's
+    m2 = s2 / n - d * d
+    m4 = s4 / n - 4 * d * s3 / n + 6 * d * d * s2 / n - 3 * d ** 4
+    if m2 <= 0:
+        raise ValueError("all entries are equal: the tails are undefined")
+    std = math.sqrt(m2)
+    far = max(float(sums[:, 5].max()) - d, d - float(sums[:, 6].min()))
+    return {"std": std, "excess_kurtosis": m4 / m2**2 - 3.0, "max_z": far / std, "n": int(n)}
+
+
 def excess_kurtosis(x: torch.Tensor) -> float:
     """E[(x - mean)^4] / var^2 - 3 over every entry: 0 for a Gaussian, > 0 for heavy tails."""
     return moments(x)["excess_kurtosis"]

@@ -12,7 +12,10 @@ one left on each side (one model each: two revisions of it). The rule, per (clai
   moved value are notes: a narrower sample gives a wider interval and another mean;
 - an item of the baseline that the run collected but did not judge (an incomplete run), or that is
   missing although the run had its model and its claims file (a claim removed or renamed), fails;
-  one the run left out (``-k``, ``-m``, another ``--model`` or claims file) is a note;
+  one the run left out (``-k``, ``-m``, another ``--model`` or claims file) is a note; a run that is
+  incomplete and does not list what it did not judge (no ``not_run``) fails;
+- a primary value that cannot be compared (not a number on one side: a string, null, missing) fails:
+  a comparison that cannot be made is never a pass;
 - a changed claim version, threshold or primary name, and items only in the run, are notes.
 No torch here: the command line and the plugin import this in a process that may have none.
 """
@@ -22,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from massact.errors import ResultsFileError
 from massact.report.results import read_results, write_results
 
 REL_TOL = 0.10
@@ -45,6 +49,7 @@ class BaselineOutcome:
     path: Path
     lines: list[str] = field(default_factory=list)
     failed: bool = False
+    unreadable: bool = False  # the baseline is not a results document: a usage error, not a regression
 
 
 Key = tuple[str, str, str]  # claim, variant, the model's identity ("-": a check of a document's numbers)
@@ -118,6 +123,10 @@ def _valued(r: dict) -> str:
     return f"{prim}={fmt(r['values'][prim])}" + (f" [{fmt(iv[0])}, {fmt(iv[1])}]" if iv else "")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def moved(old: float, new: float, interval: list[float] | None, *, rel_tol: float = REL_TOL,
           abs_tol: float = ABS_TOL) -> bool:
     """True when ``new`` lies outside old +- rel_tol*|old| and outside the baseline's interval."""
@@ -146,11 +155,16 @@ def compare(base: dict, new: dict, *, rel_tol: float = REL_TOL, abs_tol: float =
         return f"{lb} -> {ln}" if lb and ln and lb != ln else lb or ln or ident
 
     out: list[Change] = []
+    unlisted = new.get("complete") is False and "not_run" not in new  # incomplete, and not saying what it left
+    if unlisted:
+        out.append(Change("*", "*", "incomplete", f"{len(b)} results",
+                          f"{len(n)} results; incomplete, lists no not_run", True))
     for key in list(b) + [k for k in n if k not in b]:
         claim, model = f"{key[0]}/{key[1]}".rstrip("/"), shown(key[2])
         if key not in n:
-            why, failing = _absent(key, b[key], not_run=not_run, deselected=deselected, files=files,
-                                   models=set(pairs.values()), selection_known="deselected" in new)
+            why, failing = ("not judged: the run is incomplete", True) if unlisted else \
+                _absent(key, b[key], not_run=not_run, deselected=deselected, files=files,
+                        models=set(pairs.values()), selection_known="deselected" in new)
             out.append(Change(claim, model, "only-baseline", b[key].get("verdict", "?"), why, failing))
             continue
         if key not in b:
@@ -169,9 +183,14 @@ def compare(base: dict, new: dict, *, rel_tol: float = REL_TOL, abs_tol: float =
             if old.get(name) != cur.get(name):
                 out.append(Change(claim, model, "claim", f"{name}: {old.get(name)}", f"{name}: {cur.get(name)}", False))
         prim = old.get("primary")
-        if not verdict_changed and prim and prim == cur.get("primary") and prim in old.get("values", {}) and prim in cur.get("values", {}):
-            a, z = old["values"][prim], cur["values"][prim]
-            if moved(a, z, old.get("intervals", {}).get(prim), rel_tol=rel_tol, abs_tol=abs_tol):
+        if not verdict_changed and prim and prim == cur.get("primary"):
+            a, z = old.get("values", {}).get(prim), cur.get("values", {}).get(prim)
+            if not (_number(a) and _number(z)):
+                what = "; ".join(f"{side} {'has no value' if prim not in d.get('values', {}) else f'has {v!r}'}"
+                                 for side, d, v in (("baseline", old, a), ("run", cur, z)) if not _number(v))
+                out.append(Change(claim, model, "uncomparable", _valued(old), f"{prim} cannot be compared: {what}",
+                                  True))
+            elif moved(a, z, old.get("intervals", {}).get(prim), rel_tol=rel_tol, abs_tol=abs_tol):
                 rel = f" ({(z - a) / abs(a):+.1%})" if isinstance(a, (int, float)) and a else ""
                 out.append(Change(claim, model, "fewer-samples" if fewer else "value", _valued(old),
                                   _valued(cur) + rel + note, not fewer))
@@ -241,9 +260,10 @@ def check_baseline(doc: dict, path: Path, *, update: bool, rel_tol: float = REL_
                       failed=True)
     try:
         base = read_results(path)
-    except (OSError, ValueError) as e:
-        out.failed = True
-        out.lines.append(f"cannot read baseline {path}: {e}")
+    except ResultsFileError as e:
+        out.failed = out.unreadable = True
+        out.lines.append(f"baseline NOT compared: {e}. Point --baseline at a results.json of a massact run, or "
+                         "rewrite this one from this run with --update-baseline")
         return out
     changes = compare(base, doc, rel_tol=rel_tol)
     bad = [c for c in changes if c.failing]

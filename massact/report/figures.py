@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, ScalarFormatter
 
 STYLE = {
     "svg.fonttype": "none",  # text as <text>, no glyph paths: small, searchable
@@ -80,15 +80,29 @@ def _array(values) -> np.ndarray:
 
 
 def _value_axis(ax, axis, *, unit: str, log: bool) -> None:
-    """Scale and tick labels of the value axis ('x' or 'y') in the record's unit."""
-    set_scale = ax.set_yscale if axis == "y" else ax.set_xscale
-    if log:
-        set_scale("log")
+    """Scale and tick labels of the value axis ('x' or 'y') in the record's unit, after the data are drawn.
+
+    A log axis spanning under two decades is ticked at 1, 2, 3 and 5 of each and labelled in plain
+    numbers (10, 20, 30, 50): matplotlib's default there writes 2x10^1."""
     target = ax.yaxis if axis == "y" else ax.xaxis
-    if unit == "%":
-        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:.4g}%"))
-    elif unit == "x":
-        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    if log:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    narrow = log and 0 < lo and hi < 100 * lo
+    formatter = {"%": lambda: FuncFormatter(lambda v, _: f"{v * 100:.4g}%"),
+                 "x": lambda: FuncFormatter(lambda v, _: f"{v:g}x")}.get(unit, _plain if narrow else None)
+    if formatter is not None:
+        target.set_major_formatter(formatter())
+    if narrow:
+        target.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        target.set_minor_formatter(formatter())
+
+
+def _plain() -> ScalarFormatter:
+    """Numbers as they are: no offset, no "1e6" above the axis."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    return formatter
 
 
 def _refs(ax, refs: list[dict]) -> None:
@@ -280,8 +294,7 @@ def _histogram(fig, f: dict) -> None:
         ax.axvline(ref["value"], color=REF_COLOR, linestyle="--", linewidth=1)
         ax.annotate(ref["label"], xy=(ref["value"], 0.98), xycoords=("data", "axes fraction"), xytext=(2, 0),
                     textcoords="offset points", ha="left", va="top", fontsize=8, color=REF_COLOR)
-    if f.get("log_y"):
-        ax.set_yscale("log")
+    _value_axis(ax, "y", unit="", log=f.get("log_y", False))
     ax.set_xlabel(f.get("x_label", ""))
     ax.set_ylabel("density" if f.get("density") else "count")
     _legend(fig, ax)
@@ -295,13 +308,49 @@ def _curves(fig, f: dict) -> None:
     if not curves:
         _empty(ax, "values")
     _refs(ax, f.get("refs", []))
-    if f.get("log_x"):
-        ax.set_xscale("log")
+    _value_axis(ax, "x", unit="", log=f.get("log_x", False))
     ax.set_xlabel(f.get("x_label", ""))
     ax.set_ylabel(f.get("y_label", ""))
     _legend(fig, ax)
 
 
+def _trend(fig, f: dict) -> None:
+    """Runs along x (oldest first), the value with its interval in the run's verdict colour, the verdict
+    written above each run, a dotted red line before each run whose verdict changed."""
+    ax = fig.add_subplot()
+    runs, verdicts, colors = f.get("runs", []), f.get("verdicts", []), f.get("colors", [])
+    x = np.arange(len(runs))
+    values = _array(f.get("values", []))
+    ax.plot(x[:len(values)], values, color=SPAN_COLOR, linewidth=1.2, zorder=1)  # the trend; gaps where no value
+    for i, (v, iv) in enumerate(zip(values, f.get("intervals", []))):
+        if not np.isfinite(v):
+            continue
+        lo, hi = iv if iv and None not in iv else (v, v)
+        ax.errorbar([i], [v], yerr=[[max(v - lo, 0.0)], [max(hi - v, 0.0)]], fmt="o", markersize=5, capsize=4,
+                    color=colors[i] if i < len(colors) else REF_COLOR, zorder=3)
+    if not np.isfinite(values).any():
+        _empty(ax, "primary value: the verdicts only")
+        ax.set_yticks([])
+    _refs(ax, f.get("refs", []))
+    changes = set(f.get("changes", []))
+    for i in sorted(changes):
+        ax.axvline(i - 0.5, color=MARK_COLOR, linestyle=":", linewidth=1.4)
+    for i, verdict in enumerate(verdicts):  # every run's verdict when they fit, else the changes and both ends
+        if verdict and (len(runs) <= 12 or i in changes or i in (0, len(runs) - 1)):
+            ax.annotate(verdict, xy=(i, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                        color=colors[i] if i < len(colors) else REF_COLOR, fontweight="bold" if i in changes else None)
+    _value_axis(ax, "y", unit=f.get("unit", ""), log=f.get("log_y", False))
+    step = max(1, math.ceil(len(runs) / 16))
+    tilt = max((len(str(r)) for r in runs), default=0) * len(runs) / step > 60  # the labels would overlap level
+    ax.set_xticks(x[::step], [str(r) for r in runs][::step], rotation=30 if tilt else 0,
+                  ha="right" if tilt else "center")
+    ax.set_xlim(-0.5, max(len(runs) - 0.5, 0.5))
+    ax.grid(False, axis="x")
+    ax.set_xlabel("run, oldest first")
+    ax.set_ylabel(f.get("y_label", ""))
+
+
 DRAWERS: dict[str, Callable[[Figure, dict], None]] = {
     "lines": _lines, "bars": _bars, "heatmap": _heatmap, "scatter": _scatter, "bars3d": _bars3d,
-    "histogram": _histogram, "curves": _curves}
+    "histogram": _histogram, "curves": _curves, "trend": _trend}

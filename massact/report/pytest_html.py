@@ -1,5 +1,8 @@
 """pytest-html hooks: ``pytest --html=FILE`` gains the verdict columns, and each claim item its figures.
 
+pytest-html's page builds its rows from these cells as HTML, and puts a test's id in its own cell
+unescaped: every cell with text in it is escaped here, the test id included.
+
 Every hook reads the item's results entry from ``report.massact_entry`` (a plain dict that the
 massact plugin sets on the item's reports; it survives pytest-xdist), so the columns and
 figures are those of results.json. Reports without an entry (the project's own tests) get empty
@@ -14,6 +17,7 @@ from html import escape
 from massact.report import figures
 from massact.report.terminal import bound_text, expectation, measured
 
+TEST_ID = 1  # pytest-html's cells: Result, Test, Duration, Links
 HEADER = ['<th class="sortable" data-column-type="verdict">Verdict</th>',
           "<th>Measured [95% interval]</th>", "<th>Threshold</th>", "<th>Documented</th>"]
 AFTER = 2  # the new columns follow pytest-html's Result and Test
@@ -34,6 +38,8 @@ def pytest_html_results_table_header(cells: list) -> None:
 
 
 def pytest_html_results_table_row(report, cells: list) -> None:
+    test_id = report.nodeid + (f"::{report.when}" if report.when != "call" else "")  # as pytest-html writes it
+    cells[TEST_ID] = f'<td class="col-testId">{escape(test_id)}</td>'
     e = getattr(report, "massact_entry", None) or {}
     verdict = e.get("verdict", "")
     if expectation(e):

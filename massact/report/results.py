@@ -2,16 +2,23 @@
 
 The file is rewritten atomically after every item, so a run cut off (Ctrl-C, SIGTERM, -x, a
 crash) still leaves every finished item on disk, marked ``"complete": false``, and lists the
-collected items it did not judge under ``not_run``.
+collected items it did not judge under ``not_run``. Everything a run writes lies under its run
+folder (``under``); a results document read back (a baseline, ``python -m massact diff``) is
+checked for its shape first (``read_results``).
 """
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from massact.errors import ResultsFileError
 
 SCHEMA = 4
 # schema 2 added fields to the entries; 3: an entry's spec is resolved (absolute path), entries
@@ -70,26 +77,52 @@ class Entry:
 
 
 def new_run_dir(report_dir: Path) -> Path:
-    """``<report_dir>/<UTC timestamp>``, with a numeric suffix if that exists already."""
+    """``<report_dir>/<UTC timestamp>``, with a numeric suffix if that exists already. Each candidate is
+    made with one mkdir, which fails if another process made it first: concurrent runs never share one."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = report_dir / stamp
-    n = 2
-    while path.exists():
-        path, n = report_dir / f"{stamp}-{n}", n + 1
-    path.mkdir(parents=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = report_dir / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def under(root: Path, *parts: str) -> Path:
+    """``root / parts``, refused with an OSError unless it lies inside ``root`` once links are followed:
+    a label, variant or file name never takes a write out of the run folder."""
+    path = root.joinpath(*parts)
+    if any(Path(p).is_absolute() or ".." in Path(p).parts for p in parts) \
+            or not path.resolve().is_relative_to(root.resolve()):
+        raise OSError(errno.EPERM, f"not written: it lies outside the run folder {root}", str(path))
     return path
 
 
 def atomic_write(path: Path, text: str) -> Path:
-    """Write ``text`` so that a reader never sees half a file; readable by all, like any report."""
+    """Write ``text`` so that a reader never sees half a file: to a temporary file beside the target,
+    renamed over it. A link is followed (its target is written, the link stays); an existing file keeps
+    its mode, and one without write permission is refused (PermissionError); a new one is readable by
+    all, like any report."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    target = Path(os.path.realpath(path))
+    mode = 0o644
+    if target.exists():
+        st = target.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if not st.st_mode & 0o222 or not os.access(target, os.W_OK):  # root may write anything: the mode says
+            raise PermissionError(errno.EACCES, "read-only: make it writable (chmod u+w) to replace it", str(path))
+        mode = stat.S_IMODE(st.st_mode)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=target.suffix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -100,11 +133,91 @@ def write_results(path: Path, doc: dict) -> None:
     atomic_write(path, json.dumps(doc, indent=1, default=_jsonable))
 
 
+MAX_READ = 256 * 2**20  # bytes: far above any results.json a run writes
+
+
 def read_results(path: Path) -> dict:
-    doc = json.loads(Path(path).read_text())
-    if doc.get("schema") not in READABLE:
-        raise ValueError(f"{path}: results schema {doc.get('schema')!r}, this massact reads {READABLE}")
+    """A results document from ``path``; ResultsFileError, naming the file and what is wrong, when it
+    cannot be read or is not one (its shape and field types are checked: ``problem``)."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ResultsFileError(f"{path}: {'does not exist' if not path.exists() else 'is not a regular file'}; "
+                                   "pass the results.json of a massact run")
+        if path.stat().st_size > MAX_READ:
+            raise ResultsFileError(f"{path}: {path.stat().st_size / 2**20:.0f} MiB, more than any results.json "
+                                   f"holds ({MAX_READ / 2**20:.0f} MiB)")
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ResultsFileError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsFileError(f"{path}: not JSON ({e}); pass the results.json of a massact run") from None
+    why = problem(doc)
+    if why:
+        raise ResultsFileError(f"{path}: not a massact results document: {why}")
     return doc
+
+
+def _kind(v) -> str:
+    return ("null" if v is None else "true/false" if isinstance(v, bool) else "a number" if isinstance(v, (int, float))
+            else "a string" if isinstance(v, str) else "a list" if isinstance(v, list) else "a table")
+
+
+_S, _T, _L = (str,), (dict,), (list,)
+# a results document's fields and its entries': the types each may have where present (None: null too)
+DOC_TYPES = {"complete": (bool,), "models": _T, "corpus": _T, "passes": _L, "not_run": _L, "deselected": _L,
+             "started": (str, type(None)), "command": (str, type(None))}
+_SN, _IN = (str, type(None)), (int, type(None))
+ENTRY_TYPES = {"claim": _S, "variant": _S, "model": _SN, "spec": _SN, "verdict": _S, "summary": _S, "reason": _S,
+               "version": _IN, "threshold": _S, "primary": _SN, "unit": _S, "bound": (dict, type(None)), "values": _T,
+               "intervals": _T, "samples": _IN, "bootstrap": _T, "controls": _T, "selections": _T, "params": _T,
+               "details": _T, "figures": _L, "artifacts": _T, "nodeid": _S, "expected": _SN}
+ITEM_TYPES = {"claim": _S, "variant": _S, "model": _SN, "spec": _SN, "nodeid": _S}
+
+
+def problem(doc) -> str | None:
+    """What makes ``doc`` something other than a results document (None: nothing): its shape, its
+    schema, and the type of every field the comparison and the report read."""
+    if not isinstance(doc, dict):
+        return f"the document is {_kind(doc)}, not a table (a JSON object)"
+    if doc.get("schema") not in READABLE or isinstance(doc.get("schema"), bool):
+        return f"schema {doc.get('schema')!r}; this massact reads schemas {', '.join(map(str, READABLE))}"
+    if not isinstance(doc.get("results"), list):
+        return f"'results' is {_kind(doc.get('results'))}, not a list" if "results" in doc else "it has no 'results'"
+    why = _fields(doc, DOC_TYPES, "")
+    if why:
+        return why
+    if any(not isinstance(m, dict) for m in doc.get("models", {}).values()):
+        return "'models' must map each model to a table"
+    for name, types in (("results", ENTRY_TYPES), ("not_run", ITEM_TYPES), ("deselected", ITEM_TYPES)):
+        for i, r in enumerate(doc.get(name) or []):
+            if not isinstance(r, dict):
+                return f"{name}[{i}] is {_kind(r)}, not a table"
+            if not isinstance(r.get("claim"), str):
+                return f"{name}[{i}] names no claim ('claim' is {_kind(r.get('claim'))}, not a string)"
+            why = _fields(r, types, f"{name}[{i}].")
+            if why:
+                return why
+            if name == "results" and not isinstance(r.get("verdict"), str):
+                return f"{name}[{i}] has no verdict ('verdict' is {_kind(r.get('verdict'))}, not a string)"
+            bad = [k for k, iv in (r.get("intervals") or {}).items() if not (
+                isinstance(iv, list) and len(iv) == 2 and all(_number(v) for v in iv))]
+            if bad:
+                return f"{name}[{i}].intervals.{bad[0]} must be [low, high], not {r['intervals'][bad[0]]!r}"
+    return None
+
+
+def _fields(d: dict, types: dict, where: str) -> str | None:
+    for k, want in types.items():
+        v = d.get(k)
+        if k in d and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
+            names = " or ".join(dict.fromkeys(_kind(t()) if t is not type(None) else "null" for t in want))
+            return f"{where}{k} is {_kind(v)}, not {names}"
+    return None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _jsonable(x):
@@ -157,10 +270,10 @@ class Run:
             self.engines[context.get("worker", "main")] = context["engine"]
         arts = entry.get("artifacts") or {}
         if arts and self.report_dir is not None:
-            where = self._dir() / (entry.get("model") or "document") / (entry.get("variant") or "general")
+            where = [entry.get("model") or "document", entry.get("variant") or "general"]
             for name, content in arts.items():
-                write_results(where / name, content)
-            entry["artifacts"] = {name: str((where / name).relative_to(self.run_dir)) for name in arts}
+                write_results(under(self._dir(), *where, name), content)
+            entry["artifacts"] = {name: "/".join([*where, name]) for name in arts}
 
     def _dir(self) -> Path:
         if self.run_dir is None:
@@ -192,5 +305,5 @@ class Run:
         if self.report_dir is None or not (self.entries or self.expected):
             return None
         doc = self.document(complete=complete, wall_seconds=wall_seconds)
-        write_results(self._dir() / "results.json", doc)
+        write_results(under(self._dir(), "results.json"), doc)
         return doc

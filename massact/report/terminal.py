@@ -74,9 +74,12 @@ def bound_text(e: dict) -> str:
 
 
 def expectation(e: dict) -> str:
-    """'' when the verdict is the one the claim record expects on this model; else what it expects."""
-    exp = e.get("expected")
-    return "" if not exp or exp == e.get("verdict") else f"expected {exp}"
+    """'' when the verdict is the one the claim record expects on this model; else what it expects, or that it
+    expects nothing (a verdict other than holds then fails)."""
+    exp, verdict = e.get("expected"), e.get("verdict")
+    if not exp:
+        return "no expectation recorded" if verdict in ("refuted", "inconclusive", "non-specific", "invalid") else ""
+    return "" if exp == verdict else f"expected {exp}"
 
 
 def label(e: dict) -> str:
@@ -130,4 +133,7 @@ def summary_lines(doc: dict, *, verbose: int = 0, width: int = 120) -> list[str]
         models = sorted({str(e.get("model") or "-") for e in group})
         lines.append(_clip(f"{len(group)} {sentence} (on {', '.join(models)})", width))
     lines.append(_clip(counts_line(results), width))
+    for info in (doc.get("models") or {}).values():  # what each model read: with its BOS or without
+        if isinstance(info, dict) and info.get("bos"):
+            lines.append(_clip(f"{info.get('label', '?')}: BOS {info['bos']}", width))
     return lines

@@ -30,7 +30,7 @@ def _policy(lm: LoadedModel, intervention) -> KVPolicy:
 
 
 def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention, *, eager: bool,
-               batch_size: int, progress: Callable[[str], None], chunk: int = 512, start: int = 1,
+               batch_size: int, progress: Callable[[int], None], chunk: int = 512, start: int = 1,
                checkpoints: tuple[int, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     """Per sample: the mean next-token NLL of the tokens at positions >= ``start`` (``output/loss``)
     and each of those tokens' NLL (``output/token_nll``, (N, T - start), token ``start`` first), the
@@ -64,7 +64,7 @@ def run_decode(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[st
             seconds += [(time.perf_counter() - t0) / len(x)] * len(x)
             losses.append(torch.cat(nll, dim=1).double().cpu())
             held += [row] * len(x)
-            progress(f"{min(b + batch_size, len(ids))}/{len(ids)} samples")
+            progress(min(b + batch_size, len(ids)))  # samples done
     token = torch.cat(losses)
     out = {LOSS_POINT: {"loss": token.mean(1), "token_nll": token},
            KV_POINT: {"bytes": torch.tensor(held, dtype=torch.float64), "seconds": torch.tensor(seconds)}}
@@ -78,7 +78,7 @@ def shared_tokens(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def run_generate(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention, *, eager: bool,
-                 batch_size: int, progress: Callable[[str], None], chunk: int = 512, new_tokens: int = 8,
+                 batch_size: int, progress: Callable[[int], None], chunk: int = 512, new_tokens: int = 8,
                  shared_prefix: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Per sample: the prompt fed in chunks, then ``new_tokens`` greedy tokens one at a time
     (``output/generated``, (N, new_tokens)) and their decoding rate (``kv/tokens_per_second``).
@@ -118,6 +118,6 @@ def run_generate(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[
             rate = len(x) * (new_tokens - 1) / max(time.perf_counter() - t0, 1e-9)
             generated.append(torch.stack(steps, dim=1).cpu())
             rates += [rate] * len(x)
-            progress(f"{min(b + step, len(ids))}/{len(ids)} prompts")
+            progress(min(b + step, len(ids)))  # prompts done
     out = {LOSS_POINT: {"generated": torch.cat(generated)}, KV_POINT: {"tokens_per_second": torch.tensor(rates)}}
     return {p: {s: v for s, v in out[p].items() if s in wants.get(p, ())} for p in out if p in wants}

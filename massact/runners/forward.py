@@ -1,7 +1,6 @@
 """The teacher-forced pass: batches of whole samples through the model, hooks reducing as they go."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -9,14 +8,15 @@ import torch
 from torch import nn
 
 from massact.arch import Adapter
-from massact.capture import all_points, capture, collect, hooked, reducers_for
+from massact.capture import all_points, capture, collect, hooked
+from massact.reducers import reducers_for
 from massact.interventions import Intervention
 from massact.models import LoadedModel
 from massact.requests import LOSS_POINT
 
 
 def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[str]], intervention: Intervention, *,
-                eager: bool, batch_size: int, progress: Callable[[str], None],
+                eager: bool, batch_size: int, progress: Callable[[int], None],
                 resume: tuple[int, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Per-sample statistics ``wants`` (point -> statistic names) of ``ids`` (N, T) under ``intervention``.
 
@@ -24,7 +24,7 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     ``resume=(l, states)``: run blocks l.. only, block l reading ``states`` (N, T, D), the output of
     block l - 1 for these samples; no point before block l may be asked for.
     """
-    points = all_points(lm.adapter, lm.n_layers)
+    points = all_points(lm.adapter, lm.n_layers, lm.config)
     hooked = [points[name] for name in wants if name != LOSS_POINT]
     if resume is not None and (early := [p.name for p in hooked if p.layer < resume[0]]):
         raise ValueError(f"a pass resuming at block {resume[0]} does not compute {early}")
@@ -34,13 +34,12 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
     mask_ref: dict[str, torch.Tensor] = {}
     state_ref: dict[str, torch.Tensor] = {}
     losses = []
-    start = time.perf_counter()
     # the resumed block's input first, then the intervention's hooks: hooks on one module run in
     # registration order, and a point on an intervened module must record what the intervention left there
     with torch.no_grad(), resumed(lm.model, lm.adapter, resume[0] if resume else None, state_ref), \
             intervention.applied(lm.model, lm.adapter), eager_attention(lm.model, eager):
         with capture(lm.model, lm.adapter, hooked, mask_ref=mask_ref,
-                     make_reducers=lambda p: reducers_for(wants[p.name])) as reducers:
+                     make_reducers=lambda p: reducers_for(wants[p.name], p.shape)) as reducers:
             for i in range(0, len(ids), batch_size):
                 b_ids, b_mask = ids[i:i + batch_size].to(lm.device), mask[i:i + batch_size].to(lm.device)
                 mask_ref["mask"] = b_mask
@@ -49,8 +48,7 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
                 out = model(input_ids=b_ids, attention_mask=b_mask)
                 if loss:
                     losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
-                done = min(i + batch_size, len(ids))
-                progress(f"{done}/{len(ids)} samples, {done * ids.shape[1] / (time.perf_counter() - start):.0f} tok/s")
+                progress(min(i + batch_size, len(ids)))  # samples done
     got = {k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()}
     if loss:
         got[LOSS_POINT] = {"loss": torch.cat(losses)}
