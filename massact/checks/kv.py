@@ -86,8 +86,10 @@ class HeadAwareParams(HeadParams):
     # decode passes per scale but 1; e.g. [0.25, 0.5, 1, 2])
     scales: tuple[float, ...] = (1.0,)
     min_gain: float = 0.0  # nats per token the head-aware plan must gain over the uniform one
-    # random-heads plans, each a decode pass over the held-out documents: the most a run affords (the README's
-    # "What a run costs"), fewer than verdict.DRAWS
+    # random-heads plans, each a decode pass over the 10 held-out documents: fewer than verdict.DRAWS (20) for
+    # cost. A decode pass took ~2.5 s per 2,048-token document on smollm2-135m on 2 CPU cores (the README's
+    # "What a run costs": 193 s for 19 passes of 4 documents), so a draw costs ~25 s and 10 draws ~4 min per
+    # variant; 20 would add another ~4 min to each
     random_draws: int = 10
     bucket: int = 256  # tokens per position bucket of the reported loss
     passkey: bool = True  # the retrieval probe (it needs the model's tokenizer)
