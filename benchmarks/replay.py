@@ -22,6 +22,7 @@ wall time (model loading, checks, bootstrap and report included) against the rep
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import torch
 
 from massact.models import LoadedModel, load
 from massact.report.results import read_results
+from massact.runners.decode import shared_tokens
 from massact.runners.forward import eager_attention, resumed, token_nll
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,16 +93,28 @@ def plain_decode(lm: LoadedModel, ids: torch.Tensor, p: dict) -> torch.Tensor:
 
 
 def plain_generate(lm: LoadedModel, ids: torch.Tensor, p: dict) -> torch.Tensor:
-    """The prompt in the same chunks through transformers' own cache, then greedy tokens; (N, new_tokens)."""
+    """The prompt in the same chunks through transformers' own cache, then greedy tokens; (N, new_tokens).
+    With ``shared_prefix`` the prompts go one at a time, the tokens a prompt shares with the next fed
+    once into a cache both start from, as the harness does."""
     o = p["options"]
-    chunk, T = o.get("chunk", 512), ids.shape[1]
-    generated = []
+    chunk, T, shared = o.get("chunk", 512), ids.shape[1], o.get("shared_prefix", False)
+    generated, base, fed = [], None, 0
+    step = 1 if shared else p["batch_size"]
     with torch.no_grad():
-        for i in range(0, len(ids), p["batch_size"]):
-            x, cache = ids[i:i + p["batch_size"]], None
-            starts = range(0, T, chunk)
-            for at in starts[:-1]:
-                cache = lm.model.base_model(input_ids=x[:, at:at + chunk], past_key_values=cache,
+        for i in range(0, len(ids), step):
+            x, cache, at = ids[i:i + step], None, 0
+            if shared:
+                if i and fed > shared_tokens(ids[i - 1], ids[i]):
+                    base, fed = None, 0
+                share = min(shared_tokens(ids[i], ids[i + 1]), T - 1) if i + 1 < len(ids) else 0
+                for a in range(fed, share, chunk):
+                    base = lm.model.base_model(input_ids=x[:, a:min(a + chunk, share)], past_key_values=base,
+                                               use_cache=True).past_key_values
+                fed = max(fed, share)
+                cache, at = copy.deepcopy(base), fed
+            starts = range(at, T, chunk)
+            for a in starts[:-1]:
+                cache = lm.model.base_model(input_ids=x[:, a:a + chunk], past_key_values=cache,
                                             use_cache=True).past_key_values
             out = lm.model(input_ids=x[:, starts[-1]:], past_key_values=cache, use_cache=True, logits_to_keep=1)
             steps = [out.logits[:, -1].argmax(-1)]

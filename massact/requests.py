@@ -155,36 +155,82 @@ class LongText(_Generated):
 
 
 @dataclass(frozen=True)
+class Needle:
+    """One passkey prompt: its token ids, the key, and where the needle and the question lie."""
+
+    document: int  # index into long_documents("held_out")
+    depth: float  # the fraction of the document's part of the prompt aimed at
+    key: str
+    ids: list[int]
+    needle: tuple[int, int]  # token positions [start, end) of the needle
+    question: int  # token position of the question's first token
+
+
+SENTENCE_END = (".", "!", "?")
+
+
+def sentence_starts(tok, ids: list[int]) -> list[int]:
+    """Positions i where a sentence ends with token i - 1 and token i opens with white space: where a
+    sentence inserted at i reads as one of the text's own."""
+    pieces = tok.batch_decode([[i] for i in ids])
+    return [i for i in range(1, len(ids))
+            if pieces[i - 1].rstrip("\"')]").endswith(SENTENCE_END) and pieces[i][:1].isspace()]
+
+
+@dataclass(frozen=True)
 class Passkey(_Generated):
-    """Retrieval prompts of exactly ``length`` tokens: a five-digit key stated early (at ``depths`` of
-    the prompt) in a held-out long document, and asked for at the end. ``answers`` gives the keys."""
+    """Retrieval prompts of exactly ``length`` tokens: a five-digit key stated in a held-out long
+    document and asked for at the end. Each document gets the needle at as many depths as give at
+    least ``prompts`` prompts, spread evenly from ``lo`` to ``hi`` of the document's part of the prompt,
+    each at the sentence boundary nearest it. ``only``: the prompts this source gives, by index."""
 
     length: int = 2048
-    depths: tuple[float, ...] = (0.1, 0.3)
+    prompts: int = 50
+    lo: float = 0.05
+    hi: float = 0.95
     seed: int = 0
+    only: tuple[int, ...] | None = None
 
     NEEDLE = " The secret pass key is {key}. Remember it: {key} is the pass key."
     QUESTION = "\n\nWhat is the secret pass key? The secret pass key is"
 
     def key(self, corpus: Corpus) -> str:
-        return f"passkey:{self.length}:{self.depths}:seed{self.seed}:bos{int(corpus.settings.bos)}"
+        picked = "" if self.only is None else ":only" + ",".join(map(str, self.only))
+        return (f"passkey:{self.length}:{self.prompts}:{self.lo:g}-{self.hi:g}:seed{self.seed}"
+                f":bos{int(corpus.settings.bos)}{picked}")
 
-    def answers(self) -> list[str]:
+    def depths(self) -> list[float]:
+        n = -(-self.prompts // len(long_documents("held_out")))
+        return [round(self.lo + (self.hi - self.lo) * i / (n - 1), 6) for i in range(n)] if n > 1 else \
+            [(self.lo + self.hi) / 2]
+
+    def layout(self, lm, corpus: Corpus) -> list[Needle]:
+        """Every prompt (``only`` aside), document by document, depth by depth."""
+        if lm.tokenizer is None:
+            raise CorpusError(f"{lm.name} has no tokenizer: the passkey prompts cannot be written")
+        tok, out = lm.tokenizer, []
+        question = tok(self.QUESTION, add_special_tokens=False)["input_ids"]
+        depths = self.depths()
         g = torch.Generator().manual_seed(self.seed)
-        n = len(long_documents("held_out")) * len(self.depths)
-        return [str(int(k)) for k in torch.randint(10000, 100000, (n,), generator=g)]
+        n = len(long_documents("held_out")) * len(depths)
+        keys = iter([str(int(k)) for k in torch.randint(10000, 100000, (n,), generator=g)])
+        for d, path in enumerate(long_documents("held_out")):
+            filler = _document_ids(lm, corpus, path, self.length)
+            for depth in depths:
+                secret = next(keys)
+                needle = tok(self.NEEDLE.format(key=secret), add_special_tokens=False)["input_ids"]
+                room = self.length - len(needle) - len(question)
+                # the nearest sentence boundary; mid-sentence only where the text has none
+                starts = sentence_starts(tok, filler[:room]) or [round(depth * room)]
+                at = min(starts, key=lambda i: abs(i - depth * room))
+                out.append(Needle(d, depth, secret, filler[:at] + needle + filler[at:room] + question,
+                                  (at, at + len(needle)), room + len(needle)))
+        return out
 
     def tokens(self, lm, corpus):
-        tok, rows, keys = lm.tokenizer, [], iter(self.answers())
-        question = tok(self.QUESTION, add_special_tokens=False)["input_ids"]
-        for path in long_documents("held_out"):
-            filler = _document_ids(lm, corpus, path, self.length)
-            for depth in self.depths:
-                needle = tok(self.NEEDLE.format(key=next(keys)), add_special_tokens=False)["input_ids"]
-                room = self.length - len(needle) - len(question)
-                at = int(depth * room)
-                rows.append(filler[:at] + needle + filler[at:room] + question)
-        return torch.tensor(rows)
+        prompts = self.layout(lm, corpus)
+        picked = range(len(prompts)) if self.only is None else self.only
+        return torch.tensor([prompts[i].ids for i in picked], dtype=torch.long).reshape(len(picked), self.length)
 
 
 TEXT = Text()

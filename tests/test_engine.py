@@ -143,7 +143,7 @@ def test_long_documents_and_passkey_prompts() -> None:
     from types import SimpleNamespace
 
     from builders import char_tokenizer
-    from massact.requests import LongText, Passkey, long_documents
+    from massact.requests import LongText, Passkey, long_documents, sentence_starts
 
     lm = SimpleNamespace(tokenizer=char_tokenizer(), context=4096, name="chars")
     corpus = load_corpus(CorpusSettings())
@@ -154,19 +154,34 @@ def test_long_documents_and_passkey_prompts() -> None:
     assert chunks.shape == (3 * docs, 16)  # 3 chunks of each document's first 48 characters
     first = long_documents("statistics")[0].read_text()[:16]
     assert lm.tokenizer.decode(chunks[0]).replace(" ", "") == first.replace(" ", "")
-    probe = Passkey(600, depths=(0.1, 0.5))
-    prompts, keys = probe.tokens(lm, corpus), probe.answers()
-    assert prompts.shape == (2 * docs, 600) and len(keys) == 2 * docs and all(len(k) == 5 for k in keys)
-    text = lm.tokenizer.decode(prompts[1]).replace(" ", "")
-    assert f"secretpasskeyis{keys[1]}" in text and text.endswith("Thesecretpasskeyis")
-    assert 0.4 < text.index(keys[1]) / len(text) < 0.6  # planted at half the prompt
+    probe = Passkey(600, prompts=3 * docs)  # 3 depths in each document: 5%, 50% and 95%
+    assert probe.depths() == pytest.approx([0.05, 0.5, 0.95])
+    prompts = probe.layout(lm, corpus)
+    ids = probe.tokens(lm, corpus)
+    assert ids.shape == (3 * docs, 600) and len({q.key for q in prompts}) == 3 * docs
+    assert all(len(q.key) == 5 for q in prompts)
+    assert [(q.document, q.depth) for q in prompts[:4]] == [(0, 0.05), (0, 0.5), (0, 0.95), (1, 0.05)]
+    for q, row in zip(prompts, ids):
+        a, z = q.needle
+        text = lm.tokenizer.decode(row[a:z]).replace(" ", "")
+        assert text == f"Thesecretpasskeyis{q.key}.Rememberit:{q.key}isthepasskey."
+        assert lm.tokenizer.decode(row[a - 1:a]) in (".", "!", "?")  # a sentence ends right before the needle
+        assert lm.tokenizer.decode(row[q.question:]).replace(" ", "").endswith("Thesecretpasskeyis")
+        filler = row[:a].tolist() + row[z:q.question].tolist()  # the document's part of the prompt
+        assert a == min(sentence_starts(lm.tokenizer, filler), key=lambda i: abs(i - q.depth * len(filler)))
+    assert [q.needle[0] for q in prompts[:3]] == sorted(q.needle[0] for q in prompts[:3])
+    assert torch.equal(dataclasses.replace(probe, only=(4, 0)).tokens(lm, corpus), ids[[4, 0]])
     # with BOS every chunk that is a pass of its own starts with it, and the text runs on across chunks
-    with_bos = LongText("statistics", 48, 16).tokens(lm, dataclasses.replace(
-        corpus, settings=dataclasses.replace(corpus.settings, bos=True)))
+    with_bos_corpus = dataclasses.replace(corpus, settings=dataclasses.replace(corpus.settings, bos=True))
+    with_bos = LongText("statistics", 48, 16).tokens(lm, with_bos_corpus)
     assert with_bos.shape == (3 * docs, 16) and (with_bos[:, 0] == 0).all()
     text = long_documents("statistics")[0].read_text()
     assert torch.cat([with_bos[k, 1:] for k in range(3)]).tolist() == \
         lm.tokenizer(text, add_special_tokens=False)["input_ids"][:45]
+    # a passkey prompt is one pass too: BOS first, the same length, the needle after it
+    bos_prompts = probe.layout(lm, with_bos_corpus)
+    assert all(q.ids[0] == 0 and len(q.ids) == 600 and q.needle[0] > 0 for q in bos_prompts)
+    assert probe.tokens(lm, with_bos_corpus)[:, 0].eq(0).all()
     with pytest.raises(CorpusError, match="fewer than the 99999"):
         LongText("held_out", 99999, 99999).tokens(SimpleNamespace(tokenizer=lm.tokenizer, context=10**6, name="x"),
                                                    corpus)

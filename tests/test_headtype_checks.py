@@ -93,25 +93,37 @@ def test_head_params_read_the_documents_chunks_or_whole_sequences() -> None:
 @pytest.mark.parametrize("variant", ["documented_method", "correct_method"])
 def test_head_aware_cache_end_to_end_on_a_tiny_model(variant) -> None:
     ctx = context(sink_heads_gpt2(), "sinks")
-    v = judge(short("kv.head_aware", variant, passkey=False, scales=(0.5, 1.0)), ctx, resamples=20)
+    v = judge(short("kv.head_aware", variant, passkey=False, scales=(0.5, 1.0), random_draws=3, bucket=8), ctx,
+              resamples=20)
     assert v.verdict in ("holds", "refuted", "inconclusive", "non-specific"), v.summary
     b = v.values
-    # equal bytes by construction; the full cache holds every entry: 2 layers x 4 KV heads x 32 x 16 x 4 B x 2
-    assert b["kv_bytes.streaming"] <= b["kv_bytes.head-aware"] and b["kv_bytes.random heads"] == b["kv_bytes.head-aware"]
-    assert b["kv_bytes.full"] == 2 * 4 * 32 * 16 * 4 * 2
-    assert b["kv_bytes.head-aware"] < b["kv_bytes.full"]  # every head is a sink head: sink 4 + window 8
+    # equal bytes at every checkpoint (to within one entry per KV head: 2 layers x 4 KV heads x 16 x 4 B x 2);
+    # the full cache holds every entry
+    per_entry = 16 * 4 * 2
+    for t in (8, 16, 32):
+        assert 0 <= b[f"kv_bytes.head-aware.{t}"] - b[f"kv_bytes.streaming.{t}"] < 8 * per_entry
+        assert b[f"kv_bytes.random heads.{t}"] == b[f"kv_bytes.head-aware.{t}"]
+    assert b["kv_bytes.full.32"] == 2 * 4 * 32 * per_entry
+    assert b["kv_bytes.head-aware.32"] < b["kv_bytes.full.32"]  # every head is a sink head: sink 4 + window 8
+    assert [k for k in b if k.startswith("loss.full.")] == ["loss.full.0-7", "loss.full.8-15", "loss.full.16-23",
+                                                            "loss.full.24-31"]
+    assert b["loss.full"] == pytest.approx((b["loss.full.8-15"] + b["loss.full.16-23"] + b["loss.full.24-31"]) / 3)
+    assert v.bootstrap["draws"] == 3 and v.bootstrap["unit"] == "document"
     assert len(v.figures[0]["curves"]["head-aware"][0]) == 2
+    assert v.figures[1]["x"] == [0, 8, 16, 24] and set(v.figures[1]["series"]) == {"full", "head-aware", "streaming",
+                                                                                    "random heads"}
 
 
 def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens() -> None:
     """Head 0 copies the token 15 back (the next token, on sequences of period 16) and heads 1-3 are
-    sink heads: the plan keeps head 0's whole cache, a uniform cache of equal bytes (window 13) loses
-    the copied key, and the same budgets dealt to random heads take it from head 0."""
+    sink heads: the plan keeps head 0's whole cache, a uniform cache of equal bytes (its window grows
+    to 13) loses the copied key, and the same budgets dealt to random heads take it from head 0."""
     ctx = context(copy_head_gpt2(), "copy", period=16)
     v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=50)
     assert v.verdict == "holds", v.summary
     assert v.values["gain"] > 1.0 and v.values["gap_to_full"] == pytest.approx(0.0, abs=1e-4)
     assert v.values["gain_random_heads"] < v.values["gain"] and v.controls == {"random_heads": "ruled out"}
+    assert v.bootstrap["draws"] == 10
     assert v.details["plans"]["head-aware"]["kv_heads"][0] == ["full"] + ["sink 4 + window 8"] * 3
     assert v.details["plans"]["streaming"]["kv_heads"][0] == ["sink 4 + window 13"] * 4
     # the documented method reads 16-token chunks, where head 0 reads itself or the chunk's first token:
@@ -128,7 +140,8 @@ def test_head_aware_cache_holds_where_one_head_needs_the_far_tokens() -> None:
     ({"full": 2.0, "head-aware": 2.6, "streaming": 2.5, "random heads": 2.4}, "refuted"),
 ], ids=["holds", "random-heads-as-good", "refuted"])
 def test_head_aware_decision(monkeypatch, losses, verdict) -> None:
-    """The decision on stubbed evaluations: each policy's loss per held-out sample."""
+    """The decision on stubbed evaluations: each policy's loss per held-out sample and token, which
+    varies between samples (and, for random heads, between draws) by a hundredth."""
     ctx = context(sink_heads_gpt2(), "sinks")
     real = ctx.run
 
@@ -137,8 +150,10 @@ def test_head_aware_decision(monkeypatch, losses, verdict) -> None:
         if request.mode != "decode":
             return r
         name = request.intervention.plan.name.split(":")[0].replace("-", " ")
-        loss = losses.get({"head aware": "head-aware"}.get(name, name), 3.0)
-        return replace(r, points={**r.points, "output": {"loss": torch.full((r.n,), loss, dtype=torch.float64)}})
+        seed = int(request.intervention.plan.name.rsplit("seed", 1)[1]) if name == "random heads" else 0
+        loss = losses.get({"head aware": "head-aware"}.get(name, name), 3.0) + 0.01 * torch.arange(r.n) / r.n
+        nll = (loss + 0.001 * seed)[:, None].expand(r.n, 31).double()
+        return replace(r, points={**r.points, "output": {"token_nll": nll}})
 
     monkeypatch.setattr(Context, "run", lambda self, request, n=None: run(request, n=n))
     v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=20)
@@ -149,18 +164,94 @@ def test_head_aware_decision(monkeypatch, losses, verdict) -> None:
 def test_the_uniform_and_random_heads_plans_hold_the_head_aware_bytes() -> None:
     from collections import Counter
 
+    import numpy as np
+
     from massact.kvcache import Plan
     from massact.metrics.headtypes import FULL, Budget
 
     ctx = context(sink_heads_gpt2(), "sinks")  # 2 layers x 4 heads x 4 KV heads
     plan = Plan("ha", ((Budget(4, 8), FULL, Budget(0, 16), Budget(4, 8)), (Budget(4, 8),) * 4), kv_heads=4)
-    uniform = kv.streaming(ctx.lm, plan.entries(32), 4)
+    uniform = kv.streaming(ctx.lm, plan, sink=4, length=32)
     assert {b.label() for row in uniform.budgets for b in row} == {"sink 4 + window 11"}  # 120 entries / 8 heads
-    assert uniform.entries(32) <= plan.entries(32) < uniform.entries(32) + 8
-    shuffled = kv.shuffled(plan)
-    kv_budgets = lambda p: Counter(b for l in range(2) for b in p.kv_budgets(l))  # noqa: E731
-    assert kv_budgets(shuffled) == kv_budgets(plan) and shuffled.entries(32) == plan.entries(32)
-    assert shuffled.budgets != plan.budgets
+    t = np.arange(33)
+    assert ((uniform.entries(t) <= plan.entries(t)) & (plan.entries(t) < uniform.entries(t) + 8)).all()
+    # grouped-query attention: whole KV heads' rows (their query heads' budgets) are dealt, the pruned heads too
+    prune, a, b, c = Budget(prune=True), Budget(4, 8), Budget(0, 2), Budget(4, 30)
+    gqa = Plan("gqa", ((a, prune, b, b), (c, FULL, a, a), (prune, prune, b, c)), kv_heads=2)
+    rows = lambda p, layers=range(3): Counter(p.budgets[l][k * 2:k * 2 + 2] for l in layers for k in range(2))  # noqa: E731
+    kv_budgets = lambda p: Counter(x for l in range(3) for x in p.kv_budgets(l))  # noqa: E731
+    deals = [kv.shuffled(gqa, seed=s) for s in range(20)]
+    for d in deals:
+        assert rows(d) == rows(gqa) and kv_budgets(d) == kv_budgets(gqa) and d.entries(40) == gqa.entries(40)
+    assert len({d.budgets for d in deals}) > 10
+    # layers of different reach (sliding and global) keep their own rows: the bytes stay the same
+    sliding = Plan("s", gqa.budgets, 2, reach=(8, None, 8))
+    for s in range(10):
+        d = kv.shuffled(sliding, seed=s)
+        assert rows(d, [1]) == rows(gqa, [1])
+        assert (d.entries(t) == sliding.entries(t)).all()
+
+
+def test_passkey_prompts_out_of_every_heads_reach_are_not_run(monkeypatch) -> None:
+    """A prompt whose needle no head still holds when the question is read cannot reach the needle by
+    construction: it is not run (None), and a policy that reaches no prompt runs nothing."""
+    from types import SimpleNamespace
+
+    from massact.checks.kv import HeadAwareParams
+    from massact.kvcache import Plan
+    from massact.metrics.headtypes import Budget
+    from massact.requests import Needle, Passkey
+
+    ctx = context(sink_heads_gpt2(), "sinks")
+    ctx = replace(ctx, lm=replace(ctx.lm, tokenizer=SimpleNamespace(decode=lambda row: "".join(map(chr, row)))))
+    needles = [Needle(0, 0.1, "11111", [], (2, 5), 30), Needle(0, 0.5, "22222", [], (10, 14), 30),
+               Needle(1, 0.9, "33333", [], (25, 28), 30)]
+    monkeypatch.setattr(Passkey, "layout", lambda self, lm, corpus: needles)
+    ran = []
+
+    def run(self, request, n=None):  # every prompt run answers "33333 is"
+        ran.append((request.intervention.plan.name, request.source.only))
+        return SimpleNamespace(points={"output": {"generated": torch.tensor([list(map(ord, "33333 is"))] * n)}})
+
+    monkeypatch.setattr(Context, "run", run)
+    windowed = Plan("w", ((Budget(4, 4),) * 4,) * 2, 4)  # at position 30: keys 0-3 and 26-29
+    blind = Plan("b", ((Budget(0, 2),) * 4,) * 2, 4)  # keys 28-29
+    prompts, got = kv._passkey(ctx, {"windowed": windowed, "blind": blind},
+                               HeadAwareParams(method="correct_method", length=32))
+    assert prompts == needles
+    assert got == {"windowed": [False, None, True], "blind": [None, None, None]}
+    assert ran == [("w", (0, 2))]
+
+
+def test_passkey_probe_end_to_end_on_a_tiny_model(monkeypatch) -> None:
+    """The probe on 256-token prompts (a character tokenizer, a tiny Llama of 512 positions): the full
+    cache runs all 50 prompts (5 depths in each of the 10 held-out documents); a plan of sink 4 + window
+    60 runs exactly those whose needle ends within 60 tokens of the question, and says which cannot
+    reach the needle by construction."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from builders import char_tokenizer
+    from massact.kvcache import Plan
+    from massact.metrics.headtypes import Budget
+    from massact.requests import Passkey
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                                         vocab_size=100, attn_implementation="eager")).eval()
+    lm = LoadedModel(spec="tl", name="tl", model=model, tokenizer=char_tokenizer(), adapter=adapter_for(model.config),
+                     dtype="float32", device="cpu")
+    monkeypatch.setattr(kv, "head_aware", lambda lm, classes, mapping, scale=1.0: Plan.uniform(
+        "w60", Budget(4, 60), layers=2, heads=4, kv_heads=2))
+    ctx = Context(lm, load_corpus(CorpusSettings(seqlen=16)), Engine(batch_size=4), n=4)
+    v = judge(short("kv.head_aware", "documented_method", length=256, chunk=64, random_draws=2), ctx, resamples=20)
+    prompts = Passkey(256).layout(lm, ctx.corpus)
+    near = [q.needle[1] > q.question - 60 for q in prompts]
+    got = v.details["passkey"]
+    assert len(prompts) == got["full"]["run"] == 50 and got["head-aware"]["run"] == sum(near) and 0 < sum(near) < 50
+    assert [x["answered"] != kv.UNREACHABLE for x in got["head-aware"]["per_prompt"]] == near
+    assert "passkey.full" in v.values and "passkey.head-aware" in v.values
+    assert v.figures[-1]["categories"][0] == "5%" and len(v.figures[-1]["categories"]) == 5
 
 
 def test_sequences_longer_than_the_models_context_are_invalid() -> None:
@@ -171,15 +262,23 @@ def test_sequences_longer_than_the_models_context_are_invalid() -> None:
 def test_a_plan_that_frees_nothing_is_invalid(monkeypatch) -> None:
     """Under multi-query attention one query head that needs the whole cache keeps it for its KV
     head's other query heads: where that holds everywhere, nothing is compressed and there is
-    nothing to compare with a uniform cache of equal bytes."""
+    nothing to compare with a uniform cache of equal bytes. The size is what the model's own cache
+    holds: a sliding layer (Gemma 3's) keeps only the keys its window still sees."""
     from massact.kvcache import full_plan
 
     monkeypatch.setattr(kv, "head_aware", lambda lm, classes, mapping, scale=1.0: full_plan(
-        layers=lm.n_layers, heads=lm.adapter.n_heads(lm.config), kv_heads=lm.adapter.n_kv_heads(lm.config)))
+        layers=lm.n_layers, heads=lm.adapter.n_heads(lm.config), kv_heads=lm.adapter.n_kv_heads(lm.config),
+        reach=kv._reach(lm)))
     ctx = context(sink_heads_gpt2(), "sinks")
     v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)), ctx, resamples=20)
     assert v.verdict == "invalid" and "keeps the whole cache on sinks: 8 of 8 query heads" in v.reason, v.reason
+    assert "256 of the 256 KV entries the model's own cache holds after 32 tokens (2 layers x 32" in v.reason
     assert ctx.engine.n_passes == 1  # the statistics pass only: no cache was evaluated
+    gemma = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(1.0,)),
+                  context(tiny_model("gemma3"), "gemma"), resamples=20)  # layer 0 slides (window 8), 1 KV head
+    assert gemma.verdict == "invalid", gemma.reason
+    assert ("39 of the 39 KV entries the model's own cache holds after 32 tokens (1 global layers x 32 + 1 sliding "
+            "layers x 7, the keys their windows still see, per KV head; 0.0 MiB") in gemma.reason
 
 
 def test_sliding_layers_are_named_where_the_sinks_are_out_of_their_reach() -> None:

@@ -55,6 +55,12 @@ def test_the_plain_loops_compute_what_the_passes_compute(arch) -> None:
     harness = run_generate(lm, ids[:, :20], {LOSS_POINT: frozenset({"generated"})}, _full(lm), eager=False,
                            batch_size=2, progress=quiet, chunk=7, new_tokens=5)[LOSS_POINT]["generated"]
     assert torch.equal(replay.plain_generate(lm, ids[:, :20], gen), harness)
+    shared = ids[:, :20].clone()
+    shared[1, :12], shared[2, :6] = shared[0, :12], shared[1, :6]  # prompts that share their first tokens
+    gen["options"]["shared_prefix"] = True
+    harness = run_generate(lm, shared, {LOSS_POINT: frozenset({"generated"})}, _full(lm), eager=False,
+                           batch_size=2, progress=quiet, chunk=7, new_tokens=5, shared_prefix=True)
+    assert torch.equal(replay.plain_generate(lm, shared, gen), harness[LOSS_POINT]["generated"])
 
     harness = run_forward(lm, ids, {LOSS_POINT: frozenset({"loss"})}, want("block.0", "median").intervention,
                           eager=False, batch_size=2, progress=quiet)[LOSS_POINT]["loss"]
