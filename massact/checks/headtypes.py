@@ -96,8 +96,8 @@ def head_figures(ctx: Context, stats: list, classes: list, p: HeadParams) -> lis
             for k in ("sink", "local", "recent", "global")}
     types = {t: [sum(c.head_type == t for c in classes[l * H:(l + 1) * H]) for l in range(L)] for t in ht.TYPES}
     where = f"{p.length} tokens of {len(long_documents('statistics'))} documents, " + \
-        (f"{p.chunk}-token chunks, the query counted as local" if method == "documented_method" else
-         "one pass each, local without the query")
+        (f"{p.source.chunk}-token chunks" if p.source.chunk < p.length else "one pass each") + \
+        ", the query counted as local"
     return [
         fig.Heatmap(title=f"{ctx.lm.name}: attention entropy per head ({method})", matrix=grid(lambda s: s.mean_entropy),
                     value_label="mean entropy (nats)", caption=f"low: focused, high: spread; {where}"),

@@ -37,6 +37,7 @@ from massact.requests import KV_POINT, LOSS_POINT, LongText, Needle, Passkey, Re
 MAPPING = {"documented_method": "documented", "correct_method": "correct"}
 UNREACHABLE = "cannot reach the needle by construction"
 MIB = 2**20  # bytes; the summary and the figures say how much a cache holds in MiB
+PREFILL = 512  # tokens fed to the cache at once: the peak memory and the speed, never the numbers (runners/decode.py)
 
 
 def _scaled(b: ht.Budget, scale: float) -> ht.Budget:
@@ -113,13 +114,13 @@ class HeadAwareParams(HeadParams):
 def evaluation(plan: Plan, p: HeadAwareParams) -> Request:
     return Request(stats=frozenset({(LOSS_POINT, "token_nll"), (KV_POINT, "bytes"), (KV_POINT, "seconds")}),
                    source=LongText("held_out", p.length, p.length), mode="decode", intervention=KVPolicy(plan),
-                   options=(("chunk", p.chunk), ("start", 1), ("checkpoints", p.checkpoints)))
+                   options=(("chunk", PREFILL), ("start", 1), ("checkpoints", p.checkpoints)))
 
 
 def probe(plan: Plan, source: Passkey, p: HeadAwareParams) -> Request:
     return Request(stats=frozenset({(LOSS_POINT, "generated"), (KV_POINT, "tokens_per_second")}),
                    source=source, mode="generate", intervention=KVPolicy(plan),
-                   options=(("chunk", p.chunk), ("new_tokens", 8), ("shared_prefix", True)))
+                   options=(("chunk", PREFILL), ("new_tokens", 8), ("shared_prefix", True)))
 
 
 def _needs(p: HeadAwareParams) -> list[Request]:
