@@ -2,8 +2,9 @@
 
     python -m massact report RESULTS [-o OUT]   re-render report.html from a results.json
     python -m massact diff A B                  differences of B against baseline A; exit 1 on a regression
-    python -m massact expect RESULTS [--write]  the [claim.expect] lines of a run's verdicts; --write records
-                                                the missing and changed ones in claims/*.toml
+    python -m massact expect RESULTS [--write [--refresh]]  the [claim.expect] lines of a run's verdicts;
+                                                --write records the missing and changed ones in claims/*.toml,
+                                                --refresh the unchanged ones' reasons too
     python -m massact points MODEL              every capture point of MODEL with its shape, every statistic
     python -m massact history RUN... [-o OUT]   each claim across runs (oldest first): verdicts, values, history.html
 
@@ -59,7 +60,7 @@ def _expect(args: argparse.Namespace) -> int:
         print(line)
     if args.write:
         root = args.root or Path(doc.get("rootdir") or ".")
-        changes = expectations.write(props, root=root)
+        changes = expectations.write(props, root=root, refresh=args.refresh)
         print(f"\n{len(changes)} expectation(s) written" + "".join(f"\n  {c}" for c in changes))
     elif not props:
         print("no judged items in this run")
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--write", action="store_true",
                    help="record the missing expectations, and the changed verdicts, in the claims files (entries "
                         "whose verdict is unchanged keep their reason)")
+    e.add_argument("--refresh", action="store_true",
+                   help="with --write: rewrite the entries whose verdict is unchanged too, with this run's measured "
+                        "reason (after a change to how verdicts are reached)")
     e.add_argument("--root", type=Path, default=None,
                    help="the directory the claims were run from: the claims files' node ids are relative to it "
                         "(default: the run's rootdir)")

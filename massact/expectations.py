@@ -5,7 +5,8 @@ identity: a built-in name, ``gpt2``, ``pythia-2.8b``; ``document`` for a check o
 numbers). ``python -m massact expect RESULTS.json`` prints the lines of every judged item;
 ``--write`` puts those that are missing or that changed verdict into the claims files, editing the TOML
 text in place (tomlkit): comments, order and layout stay as they were, and an entry whose verdict is
-unchanged keeps its hand-written reason.
+unchanged keeps its hand-written reason; ``--refresh`` rewrites those too, with what this run measured
+(after a change to how verdicts are reached, so no recorded number predates it).
 """
 from __future__ import annotations
 
@@ -97,9 +98,10 @@ def render(props: list[Proposal], *, samples: int | None = None) -> list[str]:
     return lines
 
 
-def write(props: list[Proposal], *, root: Path) -> list[str]:
+def write(props: list[Proposal], *, root: Path, refresh: bool = False) -> list[str]:
     """Put every proposal whose record expects nothing, or another verdict, on its model into the claims
-    file under ``root``; returns one line per change. Entries with the same verdict are left as written."""
+    file under ``root``; returns one line per change. Entries with the same verdict are left as written,
+    unless ``refresh``: then they take the measured reason too."""
     changes: list[str] = []
     by_file: dict[str, list[Proposal]] = {}
     for p in props:
@@ -118,7 +120,7 @@ def write(props: list[Proposal], *, root: Path) -> list[str]:
             expect = rec.get("expect")
             have = expect.get(p.key) if expect is not None else None
             have = have if isinstance(have, str) or have is None else have.get("verdict")
-            if have == p.verdict:
+            if have == p.verdict and (not refresh or _line(expect, p.key) == p.line):
                 continue
             key, item = tomlkit.parse(p.line + "\n").body[0]
             if expect is None:  # a new [claim.expect] right under the record's fields, before its blank line
@@ -130,14 +132,24 @@ def write(props: list[Proposal], *, root: Path) -> list[str]:
             if have is None:
                 expect.append(key, item)
             else:
-                expect[key] = item
-            changes.append(f"{name}: {p.claim}/{p.variant}: {p.key} {have or 'not recorded'} -> {p.verdict}")
+                note = item.trivia.comment_ws, item.trivia.comment
+                expect[key] = item  # tomlkit gives the new value the old one's comment: the new note replaces it
+                item.trivia.comment_ws, item.trivia.comment = note
+            changes.append(f"{name}: {p.claim}/{p.variant}: {p.key} {have or 'not recorded'} -> {p.verdict}"
+                           + (" (reason re-measured)" if have == p.verdict else ""))
         for rec in gaps:  # the blank line the record ended with, now after its new table
             rec["expect"].add(tomlkit.nl())
         out = tomlkit.dumps(doc)
         if out != text:
             path.write_text(out, encoding="utf-8")
     return changes
+
+
+def _line(expect, key: str) -> str:
+    """The entry ``key`` of an expect table as one line, its comment included."""
+    item = expect.item(key)
+    note = item.trivia.comment
+    return f"{json.dumps(key)} = {item.as_string()}" + (f"  {note}" if note else "")
 
 
 def _record(doc, p: Proposal, path: Path):

@@ -124,6 +124,20 @@ def test_write_records_the_missing_and_changed_ones_and_keeps_every_other_byte(t
     assert (tmp_path / "claims" / "heads.toml").read_text() == after
 
 
+def test_refresh_rewrites_the_reasons_of_unchanged_verdicts_with_what_was_measured(tmp_path) -> None:
+    fresh_claims(tmp_path)
+    expectations.write(expectations.proposals(run_doc()), root=tmp_path)
+    kept = (tmp_path / "claims" / "heads.toml").read_text()
+    assert "max 0.677 (1,11); min 0.0032" in kept  # the hand-written reason of an unchanged verdict
+    changes = expectations.write(expectations.proposals(run_doc()), root=tmp_path, refresh=True)
+    after = (tmp_path / "claims" / "heads.toml").read_text()
+    assert changes and all(c.endswith("(reason re-measured)") for c in changes)
+    assert "max 0.677 (1,11); min 0.0032" not in after
+    for p in expectations.proposals(run_doc()):
+        assert p.key is None or p.line in after  # a model massact does not know gets no entry
+    assert expectations.write(expectations.proposals(run_doc()), root=tmp_path, refresh=True) == []
+
+
 def test_the_command(tmp_path, capsys) -> None:
     before = fresh_claims(tmp_path).read_text()
     doc = run_doc() | {"rootdir": str(tmp_path)}
