@@ -6,9 +6,10 @@ WORK is the folder gpu.sh filled: ratios-<shape>-<dtype>.json from benchmarks/ra
 session (``claims``: the built-ins on the device; ``whole`` and ``spread``: the 1B model whole on the
 device and spread by ``--device-map auto``) a folder of that name holding the run's results.json,
 with <name>.rc (pytest's exit status), <name>.seconds, and for each comparison <name>.diff (the output
-of ``python -m massact diff``) and <name>.diff.rc; every step's <step>.rc and <step>.seconds. OUT gets: every ratio, every comparison's verdict
-changes and the largest relative move of any value (the built-ins' against CPU_RESULTS, the CPU run's
-results.json; the spread model's against the whole one's), and how the spread model's modules were placed.
+of ``python -m massact diff``) and <name>.diff.rc; every step's <step>.rc and <step>.seconds. OUT gets:
+every ratio, every comparison's verdict changes and the largest relative move of any value (the
+built-ins' against CPU_RESULTS, the CPU run's results.json; the spread model's against the whole
+one's), and how the spread model's modules were placed.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ head statistics pass against an eager forward at 2048 (``--long``); decoding aft
 prompt with a head-aware-shaped cache against the full cache; the peak memory at batch 4 of the
 capture pass against a bare forward (128 and 1024 tokens) and of the head statistics pass against an
 eager forward (2048 tokens) (on a CPU the resident set's high-water mark, each in fresh processes;
-on a GPU the allocator's, reset in this process); and, on a GPU, that a planted model gives the
+on a GPU the allocator's, reset in this process); how long each way of taking the exact median of a
+block output takes; and, on a GPU, that a planted model gives the
 CPU's verdicts in float32, and that float16's overflow is reported in float16.
 """
 from __future__ import annotations
@@ -186,6 +187,27 @@ def peaks(lm: LoadedModel, model_args: list[str], *, tokens: tuple[int, ...], lo
     return out
 
 
+def median_kernels(lm: LoadedModel, tokens: int, rounds: int) -> dict:
+    """Milliseconds (medians of ``rounds``) of the exact lower median of |a| for one block output at batch 4,
+    each way torch offers it: which the capture pass should use on this device (massact.reducers.lower_median)."""
+    from massact.reducers import lower_median, radix_lower_median
+
+    g = torch.Generator(lm.device).manual_seed(0)
+    x = torch.randn(4, tokens * lm.hidden_size, device=lm.device, generator=g).abs()
+    k = (x.shape[1] - 1) // 2
+    ways = {"lower_median": lambda: lower_median(x), "radix": lambda: radix_lower_median(x),
+            "torch.median": lambda: x.median(dim=1).values, "kthvalue": lambda: x.kthvalue(k + 1, dim=1).values,
+            "sort": lambda: x.sort(dim=1).values[:, k]}
+    want = ways["torch.median"]()
+    out = {}
+    for name, fn in ways.items():
+        if not torch.equal(fn(), want):
+            out[name] = "differs from torch.median"
+            continue
+        out[name] = round(1000 * statistics.median(timed(fn) for _ in range(rounds)), 3)
+    return out
+
+
 def same_verdicts(device: str) -> dict:
     """Planted models' verdicts on the CPU and on ``device``, float32; float16 overflow on ``device``."""
     from builders import planted_gpt2
@@ -236,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-planted", action="store_true", help="on a GPU, skip comparing a planted model's verdicts")
     ap.add_argument("--save", type=Path, default=None, metavar="DIR",
-                    help="with --shape: write that random-weight model as a model folder (SmolLM2's tokenizer) and stop")
+                    help="with --shape: write that random-weight model as a model folder (SmolLM2's tokenizer), "
+                         "and stop")
     ap.add_argument("--peak", choices=("loaded", "bare", "bare_eager", "capture", "head_statistics"),
                     help=argparse.SUPPRESS)  # one run of peaks(), in its own process
     ap.add_argument("--peak-tokens", type=int, default=128, help=argparse.SUPPRESS)
@@ -264,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": lm.name,
               "dtype": args.dtype, "parameters": sum(p.numel() for p in lm.model.parameters()),
               "torch": torch.__version__, "ratios": ratios(lm, tokens=tokens, long=args.long, rounds=args.rounds)}
+    report["median_ms"] = {T: median_kernels(lm, T, args.rounds) for T in tokens}
     if not args.no_memory:
         model_args = ["--shape", args.shape] if args.shape else ["--model", args.model]
         report["peak_memory"] = peaks(lm, [*model_args, "--dtype", args.dtype], tokens=tokens, long=args.long)
