@@ -7,7 +7,7 @@
 # CPU_RESULTS: the results.json of `pytest claims/ --model smollm2-135m --model minilm-l6` run on a CPU
 # (float32, default settings) at the same commit. In order, each step bounded so that the whole run ends
 # by its deadline (GPU_SH_DEADLINE seconds, default 470; a step with too little time left is skipped and
-# the JSON says so):
+# the JSON says so; GPU_SH_ONLY="claims map", say, reruns only those of the parts ratios, claims, map):
 #   1. benchmarks/ratios.py on CUDA: random-weight SmolLM2-135M-shaped and ~1B-parameter Llama-shaped
 #      models, float32 and bfloat16, batch 4 at 128 and 1,024 tokens (capture), 2,048 (head statistics,
 #      decoding), with peak memory (the first run also compares a planted model's verdicts with the CPU's);
@@ -70,9 +70,9 @@ if [ -z "$work" ]; then
 fi
 mkdir -p "$work"
 
-start=$SECONDS deadline=${GPU_SH_DEADLINE:-470}
-# step NAME CAP CMD...: CMD bounded by CAP seconds and by the deadline; its status in $work/NAME.rc, its
-# time in $work/NAME.seconds; a step with under 20 s left is skipped (status 125: no results.json)
+start=$SECONDS deadline=${GPU_SH_DEADLINE:-470} only=" ${GPU_SH_ONLY:-ratios claims map} "
+# step NAME CAP CMD...: CMD bounded by CAP seconds and by the deadline; its output in $work/NAME.log, its
+# status in $work/NAME.rc, its time in $work/NAME.seconds; a step with under 20 s left is skipped (status 125)
 step() {
     local name=$1 cap=$2 left rc=0 t0=$SECONDS
     shift 2
@@ -84,7 +84,8 @@ step() {
         return 0
     fi
     echo "[gpu.sh] $name (at most ${cap} s): $*" >&2
-    timeout -s INT -k 15 "$cap" "$@" || rc=$?
+    timeout -s INT -k 15 "$cap" "$@" > "$work/$name.log" 2>&1 || rc=$?
+    echo "[gpu.sh] $name: exit status $rc after $((SECONDS - t0)) s" >&2
     echo "$rc" > "$work/$name.rc"
     echo $((SECONDS - t0)) > "$work/$name.seconds"
 }
@@ -97,35 +98,40 @@ compare() {  # compare BASE NAME: massact diff of NAME's results.json against BA
 
 # 1. ratios
 first=1
+[[ $only == *" ratios "* ]] || shapes=()
 for shape in "${shapes[@]}"; do
     for dtype in "${dtypes[@]}"; do
         planted=(--no-planted)
         [ "$first" = 1 ] && planted=()
         first=0
         step "ratios-$shape-$dtype" 150 "$PY" benchmarks/ratios.py --shape "$shape" --dtype "$dtype" "${ratio_args[@]}" \
-            "${planted[@]}" --out "$work/ratios-$shape-$dtype.json" > /dev/null
+            "${planted[@]}" --out "$work/ratios-$shape-$dtype.json"
     done
 done
 
 # 2. the built-ins' claims on the device, against the CPU's verdicts
-if [ "$dry" = 1 ] && [ -z "$baseline" ]; then
-    step baseline 120 "$PY" -m pytest "${claim_args[@]}" --model smollm2-135m --model minilm-l6 --device cpu \
-        --report-dir "$work/baseline" -q > /dev/null
-    baseline=$(ls "$work"/baseline/*/results.json 2>/dev/null | tail -1 || true)
+if [[ $only == *" claims "* ]]; then
+    if [ "$dry" = 1 ] && [ -z "$baseline" ]; then
+        step baseline 120 "$PY" -m pytest "${claim_args[@]}" --model smollm2-135m --model minilm-l6 --device cpu \
+            --report-dir "$work/baseline" -q
+        baseline=$(ls "$work"/baseline/*/results.json 2>/dev/null | tail -1 || true)
+    fi
+    step claims 300 "$PY" -m pytest "${claim_args[@]}" --model smollm2-135m --model minilm-l6 --device "$device" \
+        --report-dir "$work/claims" -q
+    compare "$baseline" claims
 fi
-step claims 300 "$PY" -m pytest "${claim_args[@]}" --model smollm2-135m --model minilm-l6 --device "$device" \
-    --report-dir "$work/claims" -q > "$work/claims.log" 2>&1
-compare "$baseline" claims
 
 # 3. the 1B model whole on the device, then spread over the device and the CPU by accelerate
-step save 60 "$PY" benchmarks/ratios.py --shape "$map_shape" --save "$work/model"
-map_claims=(claims/massive.toml -k "not gpt2 and not document" --nsamples 4 --resamples 0)
-[ "$dry" = 1 ] && map_claims=("${claim_args[@]}")
-step whole 60 "$PY" -m pytest "${map_claims[@]}" --model "$work/model" --device "$device" \
-    --report-dir "$work/whole" -q > "$work/whole.log" 2>&1
-step spread 90 "$PY" -m pytest "${map_claims[@]}" --model "$work/model" --device "$device" --device-map auto \
-    "${map_args[@]}" --report-dir "$work/spread" -q > "$work/spread.log" 2>&1
-compare "$(ls "$work"/whole/*/results.json 2>/dev/null | tail -1)" spread
+if [[ $only == *" map "* ]]; then
+    step save 60 "$PY" benchmarks/ratios.py --shape "$map_shape" --save "$work/model"
+    map_claims=(claims/massive.toml -k "not gpt2 and not document" --nsamples 4 --resamples 0)
+    [ "$dry" = 1 ] && map_claims=("${claim_args[@]}")
+    step whole 60 "$PY" -m pytest "${map_claims[@]}" --model "$work/model" --device "$device" \
+        --report-dir "$work/whole" -q
+    step spread 90 "$PY" -m pytest "${map_claims[@]}" --model "$work/model" --device "$device" --device-map auto \
+        "${map_args[@]}" --report-dir "$work/spread" -q
+    compare "$(ls "$work"/whole/*/results.json 2>/dev/null | tail -1)" spread
+fi
 
 "$PY" benchmarks/gpu_summary.py "$work" "$out" ${baseline:+"$baseline"}
 echo "[gpu.sh] done in $((SECONDS - start)) s: $out" >&2

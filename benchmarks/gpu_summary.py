@@ -6,8 +6,9 @@ WORK is the folder gpu.sh filled: ratios-<shape>-<dtype>.json from benchmarks/ra
 session (``claims``: the built-ins on the device; ``whole`` and ``spread``: the 1B model whole on the
 device and spread by ``--device-map auto``) a folder of that name holding the run's results.json,
 with <name>.rc (pytest's exit status), <name>.seconds, and for each comparison <name>.diff (the output
-of ``python -m massact diff``) and <name>.diff.rc; every step's <step>.rc and <step>.seconds. OUT gets:
-every ratio, every comparison's verdict changes and the largest relative move of any value (the
+of ``python -m massact diff``) and <name>.diff.rc; every step's <step>.rc, <step>.seconds and
+<step>.log. OUT gets: every step's status and time (with the end of its log where it went wrong), every
+ratio, every comparison's verdict changes and the largest relative move of any value (the
 built-ins' against CPU_RESULTS, the CPU run's results.json; the spread model's against the whole
 one's), and how the spread model's modules were placed.
 """
@@ -80,6 +81,10 @@ def summary(work: Path, *, baseline: Path | None) -> dict:
     device = next((r["device"] for r in ratios.values()), "unknown")
     steps = {f.stem: {"rc": int(f.read_text().strip()), "seconds": _number(work / f"{f.stem}.seconds")}
              for f in sorted(work.glob("*.rc")) if not f.stem.endswith(".diff")}
+    for name, step in steps.items():  # what a step that went wrong said last (pytest's 1 is a claim's verdict)
+        log = work / f"{name}.log"
+        if step["rc"] not in (0, 1) and log.exists():
+            step["log_tail"] = log.read_text(errors="replace").splitlines()[-20:]
     out: dict = {"device": device, "steps": steps, "ratios": ratios, "claims": _session(work, "claims")}
     claims = out["claims"]
     if baseline is not None and claims["results"]:

@@ -68,6 +68,8 @@ def _work(tmp_path: Path, base: dict, new: dict) -> Path:
         (work / f"{name}.seconds").write_text("12\n")
     (work / "ratios-tiny-float32.json").write_text(json.dumps({"device": "cpu", "ratios": {"capture_16": 1.1}}))
     (work / "ratios-tiny-float32.rc").write_text("0\n")
+    (work / "save.rc").write_text("124\n")  # stopped at its bound: the end of its log comes along
+    (work / "save.log").write_text("".join(f"line {i}\n" for i in range(30)))
     (work / "spread.diff").write_text("no differences\n")
     (work / "spread.diff.rc").write_text("0\n")
     return work
@@ -91,6 +93,7 @@ def test_summary_finds_changed_verdicts_and_moved_values(tmp_path):
     assert claims["largest_relative_move"] == pytest.approx(2e-4)
     assert doc["device_map"]["spread_vs_whole"] == claims  # spread is the changed document against whole
     assert doc["device"] == "cpu" and doc["steps"]["claims"] == {"rc": 1, "seconds": 12.0}
+    assert doc["steps"]["save"] == {"rc": 124, "seconds": None, "log_tail": [f"line {i}" for i in range(10, 30)]}
     assert doc["claims"]["rc"] == 1 and doc["device_map"]["spread"]["diff"] == ["no differences"]
 
 
