@@ -1,16 +1,20 @@
 """One command for the harness's cost ratios on whatever device is present (a GPU when there is one).
 
-    python benchmarks/ratios.py [--model SPEC] [--out ratios.json] [--no-memory]
+    python benchmarks/ratios.py [--model SPEC | --shape NAME] [--dtype DTYPE] [--out ratios.json] [--no-memory]
+    python benchmarks/ratios.py --shape NAME --save DIR    a random-weight model of that shape as a model folder
 
 Without a model on the machine (no weights package, no hub), it builds SmolLM2-135M's architecture
-with random weights: the timings are those of the real model; the verdicts are not. It prints, as
-ratios measured side by side: a capture pass (top-3 and median of every block output) against a
-plain forward at 128 and 1024 tokens; the head statistics pass against an eager forward at 2048;
-decoding after a 2048-token prompt with a head-aware-shaped cache against the full cache; the peak
-memory at batch 4 of the capture pass against a bare forward (128 and 1024 tokens) and of the head
-statistics pass against an eager forward (2048 tokens), each in fresh processes (the resident set's
-high-water mark on a CPU, the allocator's on a GPU); and, on a GPU, that a planted model gives
-the CPU's verdicts in float32, and that float16's overflow is reported in float16.
+with random weights: the timings are those of the real model; the verdicts are not. ``--shape``
+builds one of SHAPES with random weights directly (``llama-1b``: Llama 3.2 1B's blocks with SmolLM2's
+vocabulary, 1.07B parameters). It prints, as ratios measured side by side: a capture pass (top-3 and
+median of every block output) against a plain forward at 128 and 1024 tokens (``--tokens``); the
+head statistics pass against an eager forward at 2048 (``--long``); decoding after a 2048-token
+prompt with a head-aware-shaped cache against the full cache; the peak memory at batch 4 of the
+capture pass against a bare forward (128 and 1024 tokens) and of the head statistics pass against an
+eager forward (2048 tokens) (on a CPU the resident set's high-water mark, each in fresh processes;
+on a GPU the allocator's, reset in this process); how long each way of taking the exact median of a
+block output takes; and, on a GPU, that a planted model gives the
+CPU's verdicts in float32, and that float16's overflow is reported in float16.
 """
 from __future__ import annotations
 
@@ -33,22 +37,42 @@ from massact.engine import Engine  # noqa: E402
 from massact.errors import MassactError  # noqa: E402
 from massact.kvcache import KVPolicy, Plan, full_plan  # noqa: E402
 from massact.metrics.headtypes import FULL, Budget  # noqa: E402
-from massact.models import LoadedModel, load  # noqa: E402
+from massact.models import DTYPES, LoadedModel, load  # noqa: E402
 from massact.requests import RepeatedRandom, want  # noqa: E402
 from massact.runners.decode import run_generate  # noqa: E402
 from massact.runners.forward import eager_attention  # noqa: E402
 
 
-def smollm2_shaped(device: str) -> LoadedModel:
+# Llama-architecture shapes timed with random weights; all use SmolLM2's vocabulary, so its tokenizer fits
+SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, rope_theta=100000.0),
+    # Llama 3.2 1B's blocks (1.07B parameters with this vocabulary)
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, rope_theta=500000.0),
+    # for checking the benchmarks themselves on a CPU (tests/test_gpu_bench.py, benchmarks/gpu.sh --dry-run)
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rope_theta=10000.0),
+}
+
+
+def shaped(shape: str, device: str, dtype: str = "float32") -> LoadedModel:
+    """A Llama of SHAPES[shape] with random weights (seed 0), built on ``device`` in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rope_theta=100000.0, tie_word_embeddings=True)
+    config = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True, **SHAPES[shape])
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(device).eval()
-    return LoadedModel(spec="smollm2-135m-shaped", name="smollm2-135m-shaped (random weights)", model=model,
-                       tokenizer=None, adapter=adapter_for(config), dtype="float32", device=device)
+    with torch.device(device):  # initialised where it runs: a 1B model's float32 init on a CPU takes a while
+        model = LlamaForCausalLM(config)
+    model = model.to(DTYPES[dtype]).eval()
+    return LoadedModel(spec=f"{shape}-shaped", name=f"{shape}-shaped (random weights)", model=model,
+                       tokenizer=None, adapter=adapter_for(config), dtype=dtype, device=device)
+
+
+def save(lm: LoadedModel, directory: Path) -> None:
+    """``lm`` as a model folder massact loads (``--model DIR``), with SmolLM2-135M's tokenizer."""
+    lm.model.save_pretrained(directory)
+    load("smollm2-135m").tokenizer.save_pretrained(directory)
 
 
 def timed(fn) -> float:
@@ -61,17 +85,21 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def paired(fn, base, rounds: int = 7) -> float:
+def paired(fn, base, rounds: int) -> float:
     """The median over ``rounds`` of fn's time over base's, each round timing the two back to back (after
     one untimed call of each): a machine whose speed drifts during the benchmark moves both alike."""
     fn(), base()
     return statistics.median(timed(fn) / timed(base) for _ in range(rounds))
 
 
-def ratios(lm: LoadedModel) -> dict:
+def ratios(lm: LoadedModel, *, tokens: tuple[int, ...] = (128, 1024), long: int = 2048, rounds: int = 7) -> dict:
+    """Each pass's time over its baseline's (medians of ``rounds`` paired rounds; 3 at ``long`` tokens): capture
+    at each of ``tokens`` (3 batches of 4 at the shortest, one batch at the others), head statistics and decoding
+    at ``long``."""
     corpus = load_corpus(CorpusSettings())
     out = {}
-    for T, n in ((128, 12), (1024, 4)):
+    for T in tokens:
+        n = 12 if T == min(tokens) else 4
         source = RepeatedRandom(T, repeats=1, samples=n)
         ids = source.tokens(lm, corpus).to(lm.device)
 
@@ -81,18 +109,18 @@ def ratios(lm: LoadedModel) -> dict:
                     lm.model.base_model(input_ids=ids[i:i + 4])
 
         out[f"capture_{T}"] = round(paired(lambda: Engine(batch_size=4).run(lm, corpus, PROFILE.on(source), n=n),
-                                           plain), 3)
+                                           plain, rounds), 3)
     from massact.checks.headtypes import HEAD_PROFILE
 
-    source = RepeatedRandom(2048, repeats=1, samples=1)
+    source = RepeatedRandom(long, repeats=1, samples=1)
     ids = source.tokens(lm, corpus).to(lm.device)
 
     def eager():
         with eager_attention(lm.model, True), torch.no_grad():
             lm.model.base_model(input_ids=ids)
 
-    out["head_statistics_2048"] = round(paired(lambda: Engine(batch_size=1).run(
-        lm, corpus, want("attn.*", *HEAD_PROFILE).on(source), n=1), eager, rounds=3), 3)
+    out[f"head_statistics_{long}"] = round(paired(lambda: Engine(batch_size=1).run(
+        lm, corpus, want("attn.*", *HEAD_PROFILE).on(source), n=1), eager, min(rounds, 3)), 3)
     L, H, K = lm.n_layers, lm.adapter.n_heads(lm.config), lm.adapter.n_kv_heads(lm.config)
     # a head-aware-shaped plan: a third of the KV heads full, the rest sink 4 + window 24
     shaped = Plan("shaped", tuple(tuple(FULL if (h // (H // K)) % 3 == 0 else Budget(4, 24) for h in range(H))
@@ -106,9 +134,9 @@ def ratios(lm: LoadedModel) -> dict:
     return out
 
 
-# (what, against what, tokens): the capture pass against a plain forward, and the head statistics pass
-# (eager attention, the reducers of attention_profile) against an eager forward of the same tokens
-PEAK_PAIRS = (("capture", "bare", 128), ("capture", "bare", 1024), ("head_statistics", "bare_eager", 2048))
+# (what, against what): the capture pass against a plain forward (at each of --tokens), and the head statistics
+# pass (eager attention, the reducers of attention_profile) against an eager forward (at --long)
+PEAK_PAIRS = (("capture", "bare"), ("head_statistics", "bare_eager"))
 
 
 def peak(lm: LoadedModel, what: str, tokens: int) -> float:
@@ -139,20 +167,44 @@ def peak(lm: LoadedModel, what: str, tokens: int) -> float:
     return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
 
 
-def peaks(model: str, repeats: int = 3) -> dict:
-    """Each run of PEAK_PAIRS in fresh processes (a high-water mark never comes down), with the memory of
-    the loaded model alone; the median of ``repeats`` processes each, since the allocator's peaks vary by
-    ~100 MiB run to run."""
-    def one(what: str, tokens: int) -> float:
+def peaks(lm: LoadedModel, model_args: list[str], *, tokens: tuple[int, ...], long: int, repeats: int = 3) -> dict:
+    """Each run of PEAK_PAIRS, with the memory of the loaded model alone. On a GPU in this process (the
+    allocator's high-water mark is reset before each); on a CPU in fresh processes started with
+    ``model_args`` (a resident set's high-water mark never comes down), the median of ``repeats`` processes
+    each, since the peaks vary by ~100 MiB run to run."""
+    def one(what: str, T: int) -> float:
+        if lm.device == "cuda":
+            return peak(lm, what, T)
         return statistics.median(json.loads(subprocess.run(
-            [sys.executable, __file__, "--model", model, "--peak", what, "--tokens", str(tokens)], check=True,
+            [sys.executable, __file__, *model_args, "--peak", what, "--peak-tokens", str(T)], check=True,
             capture_output=True, text=True).stdout.splitlines()[-1]) for _ in range(repeats))
 
-    out = {"loaded_mib": round(one("loaded", 128), 1)}
-    for what, against, tokens in PEAK_PAIRS:
-        got, base = one(what, tokens), one(against, tokens)
-        out[f"{what}_{tokens}"] = {"mib": round(got, 1), f"{against}_mib": round(base, 1),
-                                   "ratio": round(got / base, 3)}
+    out = {"loaded_mib": round(one("loaded", min(tokens)), 1)}
+    for what, against in PEAK_PAIRS:
+        for T in tokens if what == "capture" else (long,):
+            got, base = one(what, T), one(against, T)
+            out[f"{what}_{T}"] = {"mib": round(got, 1), f"{against}_mib": round(base, 1), "ratio": round(got / base, 3)}
+    return out
+
+
+def median_kernels(lm: LoadedModel, tokens: int, rounds: int) -> dict:
+    """Milliseconds (medians of ``rounds``) of the exact lower median of |a| for one block output at batch 4,
+    each way torch offers it: which the capture pass should use on this device (massact.reducers.lower_median)."""
+    from massact.reducers import lower_median, radix_lower_median
+
+    g = torch.Generator(lm.device).manual_seed(0)
+    x = torch.randn(4, tokens * lm.hidden_size, device=lm.device, generator=g).abs()
+    k = (x.shape[1] - 1) // 2
+    ways = {"lower_median": lambda: lower_median(x), "radix": lambda: radix_lower_median(x),
+            "torch.median": lambda: x.median(dim=1).values, "kthvalue": lambda: x.kthvalue(k + 1, dim=1).values,
+            "sort": lambda: x.sort(dim=1).values[:, k]}
+    want = ways["torch.median"]()
+    out = {}
+    for name, fn in ways.items():
+        if not torch.equal(fn(), want):
+            out[name] = "differs from torch.median"
+            continue
+        out[name] = round(1000 * statistics.median(timed(fn) for _ in range(rounds)), 3)
     return out
 
 
@@ -192,30 +244,54 @@ def same_verdicts(device: str) -> dict:
             "float16_overflow": overflow}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--model", default="smollm2-135m",
+                    help="a --model spec; when it is not on this machine, its architecture with random weights")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                    help="time a Llama of this shape with random weights instead of loading --model")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[128, 1024], help="capture at these lengths")
+    ap.add_argument("--long", type=int, default=2048, help="head statistics and the decoding prompt at this length")
+    ap.add_argument("--rounds", type=int, default=7, help="paired rounds per ratio (3 at most at --long)")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--no-planted", action="store_true", help="on a GPU, skip comparing a planted model's verdicts")
+    ap.add_argument("--save", type=Path, default=None, metavar="DIR",
+                    help="with --shape: write that random-weight model as a model folder (SmolLM2's tokenizer), "
+                         "and stop")
     ap.add_argument("--peak", choices=("loaded", "bare", "bare_eager", "capture", "head_statistics"),
                     help=argparse.SUPPRESS)  # one run of peaks(), in its own process
-    ap.add_argument("--tokens", type=int, default=128, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--peak-tokens", type=int, default=128, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.save and not args.shape:
+        ap.error("--save needs --shape: it writes a random-weight model of that shape")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        lm = load(args.model, device=device)
-    except MassactError as e:
-        if args.peak is None:
-            print(f"{args.model} is not on this machine ({e}); timing its architecture with random weights")
-        lm = smollm2_shaped(device)
-    if args.peak:
-        print(json.dumps(peak(lm, args.peak, args.tokens)))
+    if args.shape:
+        lm = shaped(args.shape, device, args.dtype)
+    else:
+        try:
+            lm = load(args.model, dtype=args.dtype, device=device)
+        except MassactError as e:
+            if args.peak is None:
+                print(f"{args.model} is not on this machine ({e}); timing its architecture with random weights")
+            lm = shaped("smollm2-135m", device, args.dtype)
+    if args.save:
+        save(lm, args.save)
+        print(f"{args.save}: {lm.name}, {sum(p.numel() for p in lm.model.parameters()) / 1e9:.2f}B parameters")
         return 0
+    if args.peak:
+        print(json.dumps(peak(lm, args.peak, args.peak_tokens)))
+        return 0
+    tokens = tuple(args.tokens)
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": lm.name,
-              "torch": torch.__version__, "ratios": ratios(lm)}
+              "dtype": args.dtype, "parameters": sum(p.numel() for p in lm.model.parameters()),
+              "torch": torch.__version__, "ratios": ratios(lm, tokens=tokens, long=args.long, rounds=args.rounds)}
+    report["median_ms"] = {T: median_kernels(lm, T, args.rounds) for T in tokens}
     if not args.no_memory:
-        report["peak_memory"] = peaks(args.model)
-    if device == "cuda":
+        model_args = ["--shape", args.shape] if args.shape else ["--model", args.model]
+        report["peak_memory"] = peaks(lm, [*model_args, "--dtype", args.dtype], tokens=tokens, long=args.long)
+    if device == "cuda" and not args.no_planted:
         report["cpu_vs_gpu"] = same_verdicts(device)
     print(json.dumps(report, indent=1))
     if args.out:

@@ -152,12 +152,11 @@ def attention_calls(taps: dict[nn.Module, Callable[..., None]]) -> Iterator[None
             registry.get_interface = before
 
 
-def _check_finite(name: str, t: torch.Tensor, absa: torch.Tensor) -> None:
-    if not torch.isfinite(absa).all():
-        hint = ("massive activations can pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
-                if t.dtype == torch.float16 else
-                "that is beyond this dtype's range, not a massive activation: check the model's weights")
-        raise ActivationOverflow(f"activations at {name} reached inf/nan in {t.dtype}; {hint}")
+def _overflow(name: str, dtype: torch.dtype) -> ActivationOverflow:
+    hint = ("massive activations can pass float16's 65504: run with --dtype float32 or --dtype bfloat16"
+            if dtype == torch.float16 else
+            "that is beyond this dtype's range, not a massive activation: check the model's weights")
+    return ActivationOverflow(f"activations at {name} reached inf/nan in {dtype}; {hint}")
 
 
 @contextmanager
@@ -166,22 +165,35 @@ def capture(
     adapter: Adapter,
     points: Sequence[Point],
     *,
-    mask_ref: dict[str, torch.Tensor],
+    mask_ref: dict[str, torch.Tensor | None],
     make_reducers: Callable[[Point], list[Reducer]],
 ) -> Iterator[dict[str, list[Reducer]]]:
-    """Hook ``points``; yields name -> reducers. ``mask_ref["mask"]`` is the current batch's mask.
+    """Hook ``points``; yields name -> reducers. ``mask_ref["mask"]`` is the current batch's mask (B, T),
+    or None when every token of the batch counts (no padding).
 
     The caller sets ``mask_ref["mask"]`` before each forward pass, so the hooks can honour
-    padding without holding on to the batch.
+    padding without holding on to the batch. Nothing in the hooks waits for the device: the reducers
+    keep their results where the model runs, a mask is read once per batch (none at all when it is
+    None), and whether every activation was finite is checked once, when the pass ends (an
+    ActivationOverflow naming the first point, in the order of ``points``, that reached inf or nan).
     """
     reducers = {p.name: make_reducers(p) for p in points}
+    finite: dict[str, tuple[torch.Tensor, torch.dtype]] = {}  # point -> (all finite so far, on the device; dtype)
+    seen: list[torch.Tensor | None] = [None, None]  # the last mask handed over, and what the reducers get for it
+
+    def batch_mask() -> torch.Tensor | None:
+        """The batch's mask for the reducers: None where it masks nothing (one read per batch, not per point)."""
+        mask = mask_ref["mask"]
+        if mask is not None and mask is not seen[0]:
+            seen[:] = [mask, None if bool(mask.all()) else mask]
+        return None if mask is None else seen[1]
 
     def feed(p: Point, t: torch.Tensor | None) -> None:
         if t is None:
             raise AttentionUnavailable(
                 f"{p.name}: the attention module returned no probabilities; massact runs these passes with "
                 "eager attention, and this model's attention gives none there: its head statistics cannot be read")
-        mask = mask_ref["mask"]
+        mask = batch_mask()
         if p.shape.kind == PROBS:  # attention probabilities (B, H, T, T): non-negative, masked by their reducers
             for r in reducers[p.name]:
                 r.update(t, mask, t.detach().float())
@@ -190,7 +202,10 @@ def capture(
         token_max = None
         if p.shape.kind == ACTIVATION:
             token_max = absa.amax(dim=2)  # (B, T): shared by the reducers, and inf or nan where any entry is
-        _check_finite(p.name, t, absa if token_max is None else token_max)
+        ok = torch.isfinite(absa if token_max is None else token_max).all()
+        if p.name in finite:
+            ok = ok & finite[p.name][0]
+        finite[p.name] = (ok, t.dtype)
         for r in reducers[p.name]:
             r.update(t, mask, absa, token_max)
 
@@ -233,6 +248,12 @@ def capture(
     taps = {module: tap(module) for module in fed}
     with hooked(regs), attention_calls(taps):
         yield reducers
+    if finite:  # one wait for the device per pass
+        names = [p.name for p in points if p.name in finite]
+        ok = torch.stack([finite[n][0] for n in names]).tolist()
+        if not all(ok):
+            name = names[ok.index(False)]
+            raise _overflow(name, finite[name][1])
 
 
 def collect(reducers: dict[str, list[Reducer]]) -> dict[str, dict[str, torch.Tensor]]:

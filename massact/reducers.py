@@ -55,11 +55,12 @@ class Reducer:
             raise ValueError(f"{type(self).__name__} reduces {sorted(self.kinds)} points, not {shape.kind}")
         self.shape = shape
 
-    def update(self, a: torch.Tensor, mask: torch.Tensor, absa: torch.Tensor,
+    def update(self, a: torch.Tensor, mask: torch.Tensor | None, absa: torch.Tensor,
                token_max: torch.Tensor | None = None) -> None:
-        """a as ``self.shape`` says, mask (B, T); absa = masked_abs(a, mask) and, for activations,
-        token_max = absa.amax(2) (B, T), computed once for all reducers of a point (attention
-        probabilities: absa is a itself)."""
+        """a as ``self.shape`` says, mask (B, T) or None where the batch has no padding; absa =
+        masked_abs(a, mask) and, for activations, token_max = absa.amax(2) (B, T), computed once for
+        all reducers of a point (attention probabilities: absa is a itself). An update never waits for
+        the device (no .item(), no test of a tensor's value): what it keeps stays where ``a`` is."""
         raise NotImplementedError
 
     def result(self) -> dict[str, torch.Tensor]:
@@ -73,10 +74,10 @@ def token_mask(mask: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return m[:, None, :, None] if a.dim() == 4 else m[..., None]
 
 
-def masked_abs(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """|a| in float32 with padded tokens set to 0; the shape of a."""
+def masked_abs(a: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """|a| in float32 with padded tokens set to 0 (mask None: no padding); the shape of a."""
     out = a.detach().float().abs()
-    return out if mask.bool().all() else out.masked_fill(~token_mask(mask, a), 0.0)
+    return out if mask is None else out.masked_fill(~token_mask(mask, a), 0.0)
 
 
 class TopK(Reducer):
@@ -94,30 +95,60 @@ class TopK(Reducer):
         B, T, D = a.shape
         k = min(self.k, T * D)
         tmax = absa.amax(dim=2) if token_max is None else token_max
-        if not mask.bool().all():  # a padded token is never picked, not even among zeros
+        if mask is not None:  # a padded token is never picked, not even among zeros
             tmax = tmax.masked_fill(~mask.bool(), -1.0)
         # the k largest entries lie in the k tokens with the largest maxima: search those alone
         toks = tmax.topk(min(k, T), dim=1).indices  # (B, <=k)
         sub = absa.gather(1, toks[..., None].expand(-1, -1, D))  # (B, <=k, D)
         vals, j = sub.reshape(B, -1).topk(k, dim=1)  # (B, k)
-        idx = toks.gather(1, j // D) * D + j % D  # positions in the (T * D) entries of a sample
-        signed = a.detach().float().reshape(B, T * D).gather(1, idx)
+        token, feature = toks.gather(1, j // D), j % D
+        # the signed values picked in a's own dtype, then widened: no float32 copy of all of a
+        signed = a.detach().reshape(B, T * D).gather(1, token * D + feature).float()
         self.parts["top_abs"].append(vals)
         self.parts["top_value"].append(signed)
-        self.parts["top_token"].append(idx // D)
-        self.parts["top_feature"].append(idx % D)
+        self.parts["top_token"].append(token)
+        self.parts["top_feature"].append(feature)
 
     def result(self):
         return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
 def lower_median(x: torch.Tensor) -> torch.Tensor:
-    """Per row of x (B, n): the lower of the two middle values, as torch.median gives it. On the CPU by
-    numpy's introselect, ~6x faster there than torch.median (the capture pass's costliest statistic)."""
-    if x.device.type != "cpu" or x.shape[1] == 0:  # torch says an empty row has no median
+    """Per row of x (B, n), non-negative float32 (|a|): the lower of the two middle values, as torch.median
+    gives it. On the CPU by numpy's introselect, ~6x faster there than torch.median (the capture pass's
+    costliest statistic); elsewhere by radix_lower_median, which spreads a row over the whole device
+    where torch.median and torch.kthvalue select each row within one block of threads."""
+    if x.shape[1] == 0:  # torch says an empty row has no median
         return x.median(dim=1).values
+    if x.device.type != "cpu":
+        return radix_lower_median(x)
     k = (x.shape[1] - 1) // 2
     return torch.from_numpy(np.partition(x.numpy(), k, axis=1)[:, k].copy())
+
+
+# the 31 bits of a non-negative float32 below the sign, high first, in digits of these widths
+RADIX_DIGITS = ((21, 10), (11, 10), (0, 11))
+
+
+def radix_lower_median(x: torch.Tensor) -> torch.Tensor:
+    """torch.median(x, dim=1).values for x (B, n) of non-negative float32 (inf included; a NaN fails the pass's
+    finite check anyway), exactly, in a few kernels over all
+    of x and none that waits for the host: the bits of a non-negative float order as integers do, so the
+    median's bits are found a digit at a time (RADIX_DIGITS), each digit from a histogram of that digit
+    among the entries that share the digits found so far."""
+    B, n = x.shape
+    bits = x.contiguous().view(torch.int32)
+    rank = torch.full((B, 1), (n - 1) // 2, dtype=torch.long, device=x.device)  # rank among those still in
+    prefix = torch.zeros(B, 1, dtype=torch.int32, device=x.device)  # the digits found so far
+    for shift, width in RADIX_DIGITS:
+        digit = ((bits >> shift) & ((1 << width) - 1)).long()
+        still = ((bits >> (shift + width)) == prefix).long()  # the entries whose higher digits are the median's
+        counts = torch.zeros(B, 1 << width, dtype=torch.long, device=x.device).scatter_add_(1, digit, still)
+        below = counts.cumsum(1)
+        d = torch.searchsorted(below, rank, right=True)  # the first digit whose running count passes rank
+        rank = rank - torch.where(d > 0, below.gather(1, (d - 1).clamp(min=0)), 0)
+        prefix = (prefix << width) | d.int()
+    return prefix.view(torch.float32)[:, 0]
 
 
 class Median(Reducer):
@@ -130,7 +161,7 @@ class Median(Reducer):
         self.parts: list[torch.Tensor] = []
 
     def update(self, a, mask, absa, token_max=None):
-        if mask.bool().all():  # one call for the batch
+        if mask is None:  # one call for the batch
             self.parts.append(lower_median(absa.reshape(a.shape[0], -1)))
             return
         for b in range(a.shape[0]):
@@ -205,7 +236,7 @@ class EnergyShare(Reducer):
         self.parts: list[torch.Tensor] = []
 
     def update(self, a, mask, absa, token_max=None):
-        rows = [absa] if mask.bool().all() else [absa[b][mask[b].bool()][None] for b in range(a.shape[0])]
+        rows = [absa] if mask is None else [absa[b][mask[b].bool()][None] for b in range(a.shape[0])]
         for x in rows:  # (B or 1, T, D)
             self.parts.append(torch.stack([energy_share(x, frac=f) for f in ENERGY_FRACS], dim=1))
 
@@ -225,7 +256,8 @@ class Keep(Reducer):
         self.parts: list[torch.Tensor] = []
 
     def update(self, a, mask, absa, token_max=None):
-        self.parts.append(a.detach().float().masked_fill(~token_mask(mask, a), 0.0))
+        full = a.detach().float()
+        self.parts.append(full if mask is None else full.masked_fill(~token_mask(mask, a), 0.0))
 
     def result(self):
         return {"full": torch.cat(self.parts)}
@@ -245,7 +277,7 @@ class Spill(Reducer):
         self.dtype: torch.dtype | None = None
 
     def update(self, a, mask, absa, token_max=None):
-        if not mask.bool().all():
+        if mask is not None:
             raise ValueError("a pass resumes from whole samples: padding is not supported")
         x = a.detach().cpu().contiguous()
         self.file.write(x.view(torch.uint8).numpy().data)
@@ -280,7 +312,8 @@ class HeadStats(Reducer):
 
     def update(self, a, mask, absa, token_max=None):
         a = a.detach().float()  # (B, H, T, T)
-        q = mask.float()[:, None, :]  # (B, 1, T): which queries count
+        counted = torch.ones(a.shape[0], a.shape[2], device=a.device) if mask is None else mask.float()
+        q = counted[:, None, :]  # (B, 1, T): which queries count
         q1 = q.clone()
         q1[..., 0] = 0
 
@@ -310,7 +343,8 @@ class Received(Reducer):
     def update(self, a, mask, absa, token_max=None):
         T = a.shape[-1]
         later = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)  # [q, k]: q > k
-        w = later[None] & mask.bool()[:, :, None]  # (B, T, T): query q counts for key k
+        # (B, T, T): query q counts for key k
+        w = later.expand(a.shape[0], T, T) if mask is None else later[None] & mask.bool()[:, :, None]
         got = torch.einsum("bhqk,bqk->bhk", a.detach().float(), w.float())
         self.parts.append(got / w.sum(1).clamp(min=1)[:, None, :])
 
@@ -333,7 +367,7 @@ class HeadProfile(Reducer):
         self.parts: dict[str, list[torch.Tensor]] = {}
 
     def update(self, a, mask, absa, token_max=None):
-        if not mask.bool().all():
+        if mask is not None:
             raise ValueError("head profiles are taken over whole samples: padding is not supported")
         for k, v in attention_profile(a).items():
             self.parts.setdefault(f"hp_{k}", []).append(v)

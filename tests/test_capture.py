@@ -100,12 +100,9 @@ def test_block_stats_match_hidden_states(arch_model) -> None:
                 assert torch.allclose(from_hf, own_last)  # BERT: every hidden state is a block output
         want = _expected(ref)
         have = got[f"block.{layer}"]
-        for stat, value in want.items():
+        for stat, value in want.items():  # bit for bit: every statistic is an entry of |a| or a, picked
             assert have[stat].shape == value.shape, (layer, stat)
-            if stat in ("top_token", "top_feature"):
-                assert torch.equal(have[stat], value), (layer, stat)
-            else:
-                assert torch.allclose(have[stat], value, atol=1e-6), (layer, stat)
+            assert torch.equal(have[stat], value), (layer, stat)
 
 
 def test_mlp_points_capture_module_tensors(arch_model) -> None:
@@ -192,10 +189,52 @@ def test_topk_values_sit_at_reported_positions() -> None:
 
 def test_median_of_a_batch_without_padding_is_each_samples_lower_median() -> None:
     a = torch.randn(3, 5, 4)  # 20 entries: the lower of the two middle values, as torch.median
-    mask = torch.ones(3, 5)
-    med = Median()
-    med.update(a, mask, masked_abs(a, mask))
-    assert med.result()["median"].tolist() == [a[b].abs().flatten().sort().values[9].item() for b in range(3)]
+    whole, ones = Median(), Median()
+    whole.update(a, None, masked_abs(a, None))
+    ones.update(a, torch.ones(3, 5), masked_abs(a, torch.ones(3, 5)))  # sample by sample, as with padding
+    assert whole.result()["median"].tolist() == [a[b].abs().flatten().sort().values[9].item() for b in range(3)]
+    assert torch.equal(ones.result()["median"], whole.result()["median"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_of_a_batch_is_the_plain_topk_bit_for_bit(dtype) -> None:
+    """The top-k searched in the tokens with the largest maxima is the top-k over all entries; the signed values
+    in float32, as a.float() holds them; padded and unpadded alike."""
+    a = torch.randn(4, 33, 17, generator=torch.Generator().manual_seed(3)).to(dtype)
+    ref = _expected(a.float())
+    for mask in (None, torch.ones(4, 33)):
+        absa = masked_abs(a, mask)
+        top = TopK(K)
+        top.update(a, mask, absa, absa.amax(dim=2))
+        got = top.result()
+        for stat in ("top_abs", "top_value", "top_token", "top_feature"):
+            assert torch.equal(got[stat], ref[stat]), (stat, mask is None)
+
+
+def test_a_capture_pass_never_waits_for_the_device() -> None:
+    """On the meta device a tensor has no data, so anything that reads one on the host (.item(), .tolist(),
+    a tensor's truth, .cpu()) fails: a whole forward of block outputs, MLP checkpoints, queries, keys,
+    values and eager attention probabilities through every reducer that keeps statistics runs there; the
+    pass's one read, whether every activation was finite, comes when it ends."""
+    from massact.capture import attention_points, qkv_points
+    from massact.reducers import STATISTICS, Spill, reducers_for
+
+    model = tiny_model("llama")
+    model.set_attn_implementation("eager")
+    model = model.to("meta")
+    adapter = adapter_for(model.config)
+    L = model.config.num_hidden_layers
+    points = (block_points(adapter, L) + mlp_points(adapter, L) + attention_points(adapter, L, model.config)
+              + qkv_points(adapter, L, model.config))
+    stats = {name for name, cls in STATISTICS.items() if cls is not Spill}  # Spill writes to disk: a copy by design
+    make = lambda p: reducers_for({s for s in stats if p.shape.kind in STATISTICS[s].kinds}, p.shape)  # noqa: E731
+    forwarded = False
+    with pytest.raises(NotImplementedError, match="meta tensor"):
+        with torch.no_grad(), capture(model, adapter, points, mask_ref={"mask": None}, make_reducers=make) as red:
+            model(input_ids=_ids(2, 6, 0).to("meta"))
+            forwarded = True
+            assert all(r.result() for rs in red.values() for r in rs)  # each kept what it reduced, on the device
+    assert forwarded and _n_hooks(model) == 0
 
 
 def test_reducers_on_hand_built_tensor() -> None:
@@ -343,3 +382,17 @@ def test_lower_median_is_torch_median_exactly(n) -> None:
     x = torch.randn(3, n, generator=g).abs()
     x[1] = x[1].round(decimals=1)  # ties
     assert torch.equal(lower_median(x), x.median(dim=1).values)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 20, 1001, 73728])
+def test_radix_median_is_torch_median_exactly(n) -> None:
+    """The median the GPU takes (radix_lower_median), here on the CPU: ties, zeros, inf, subnormals."""
+    from massact.reducers import radix_lower_median
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(5, n, generator=g).abs()
+    x[1] = x[1].round(decimals=1)
+    x[2] = 0.0
+    x[3, : (n + 1) // 2] = float("inf")
+    x[4] = x[4] * 1e-40  # subnormal
+    assert torch.equal(radix_lower_median(x), x.median(dim=1).values)

@@ -30,8 +30,11 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
         raise ValueError(f"a pass resuming at block {resume[0]} does not compute {early}")
     loss = "loss" in wants.get(LOSS_POINT, ()) and lm.adapter.is_decoder
     model = lm.model if loss else lm.model.base_model
-    mask = torch.ones_like(ids)  # samples are whole chunks: no padding
-    mask_ref: dict[str, torch.Tensor] = {}
+    # samples are whole chunks: no padding. The ids go to the device once: a copy from the host per batch
+    # would wait for the batch before it; nothing else in the loop waits for the device
+    ids = ids.to(lm.device)
+    mask = torch.ones_like(ids)
+    mask_ref: dict[str, torch.Tensor | None] = {"mask": None}
     state_ref: dict[str, torch.Tensor] = {}
     losses = []
     # the resumed block's input first, then the intervention's hooks: hooks on one module run in
@@ -41,17 +44,16 @@ def run_forward(lm: LoadedModel, ids: torch.Tensor, wants: dict[str, frozenset[s
         with capture(lm.model, lm.adapter, hooked, mask_ref=mask_ref,
                      make_reducers=lambda p: reducers_for(wants[p.name], p.shape)) as reducers:
             for i in range(0, len(ids), batch_size):
-                b_ids, b_mask = ids[i:i + batch_size].to(lm.device), mask[i:i + batch_size].to(lm.device)
-                mask_ref["mask"] = b_mask
+                b_ids, b_mask = ids[i:i + batch_size], mask[i:i + batch_size]
                 if resume is not None:
                     state_ref["states"] = resume[1][i:i + batch_size].to(lm.device)
                 out = model(input_ids=b_ids, attention_mask=b_mask)
                 if loss:
-                    losses.append(next_token_nll(out.logits, b_ids, b_mask).cpu())
+                    losses.append(next_token_nll(out.logits, b_ids, b_mask))
                 progress(min(i + batch_size, len(ids)))  # samples done
     got = {k: {s: v.cpu() for s, v in d.items()} for k, d in collect(reducers).items()}
     if loss:
-        got[LOSS_POINT] = {"loss": torch.cat(losses)}
+        got[LOSS_POINT] = {"loss": torch.cat(losses).cpu()}
     return got
 
 
