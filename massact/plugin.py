@@ -59,6 +59,9 @@ def pytest_addoption(parser):
     g.addoption("--seed", type=int, default=0, help="seed for choosing samples (default: 0)")
     g.addoption("--bootstrap-seed", type=int, default=0,
                 help="seed for the bootstrap resamples behind the intervals (default: 0)")
+    g.addoption("--seed-check", type=int, default=0, metavar="SEEDS",
+                help="judge every item again under SEEDS other bootstrap seeds and fail if a verdict moves "
+                     "(claims/test_bootstrap_seeds.py; scripts/test uses 4; default: 0, not checked)")
     g.addoption("--bos", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                 help="prepend the BOS (or CLS) token to every sample: auto prepends it exactly when the model's "
                      "tokenizer adds one by default; --bos forces it (default: auto)")
