@@ -88,9 +88,8 @@ class HeadAwareParams(HeadParams):
     scales: tuple[float, ...] = (1.0,)
     min_gain: float = 0.0  # nats per token the head-aware plan must gain over the uniform one
     # random-heads plans, each a decode pass over the 10 held-out documents: fewer than verdict.DRAWS (20) for
-    # cost. A decode pass took ~2.5 s per 2,048-token document on smollm2-135m on 2 CPU cores (the README's
-    # "What a run costs": 193 s for 19 passes of 4 documents), so a draw costs ~25 s and 10 draws ~4 min per
-    # variant; 20 would add another ~4 min to each
+    # cost. Measured on smollm2-135m on 2 CPU cores shared with another run: 100-200 s per such pass, so 10
+    # draws take 20-30 min per variant, and scripts/test leaves this claim on smollm2-135m to the nightly
     random_draws: int = 10
     bucket: int = 256  # tokens per position bucket of the reported loss
     passkey: bool = True  # the retrieval probe (it needs the model's tokenizer)
