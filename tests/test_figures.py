@@ -132,12 +132,14 @@ def test_the_kv_figures_draw_mib_per_sequence():
 
     v = judge(short("kv.head_aware", "correct_method", passkey=False, scales=(0.5, 1.0)),
               context(sink_heads_gpt2(), "sinks"), resamples=0)
-    curves, bars = v.figures
+    kinds = {f["kind"]: f for f in v.figures}  # the loss-vs-bytes curve, the loss per position, the bytes held
+    assert sorted(kinds) == ["bars", "curves", "lines"]
+    curves, bars = kinds["curves"], kinds["bars"]
     held = v.details["kv_bytes"]
     assert bars["y_label"] == "MiB per sequence" and "per sequence" in bars["title"]
     assert bars["series"]["after 32 tokens"] == [held[k][-1] / 2**20 for k in bars["categories"]]
     assert curves["x_label"] == "KV cache held after 32 tokens (MiB per sequence)"
-    assert curves["curves"]["random heads"][0] == [v.values["kv_bytes.random heads"] / 2**20]
+    assert curves["curves"]["random heads"][0] == [v.values["kv_bytes.random heads.32"] / 2**20]
     for f in (curves, bars):
         assert not any(RAW_EXPONENT.search(t) for t in texts(draw(f))), f["title"]
 

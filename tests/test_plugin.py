@@ -200,20 +200,21 @@ def test_malformed_records_fail_alone_naming_file_record_and_field(pytester, tin
 
 
 def test_fewer_samples_than_the_record_s_are_not_a_changed_verdict(pytester, claims_dir):
-    """minilm-l6's recorded non-specific, on 3 of the record's 20 samples, is inconclusive: an xfail
-    that says so. With the record's own count set to 3, the same verdict is a change, and fails."""
-    args = ("claims", "-k", "top_vs_bottom_heads and documented_method", "--model", "minilm-l6", "--seqlen", "128")
+    """minilm-l6's recorded heads.first_token_scores refuted, on 3 of the record's 30 samples, is inconclusive:
+    an xfail that says so. With the record's own count set to 3, the same verdict is a change, and fails."""
+    args = ("claims", "-k", "first_token_scores and correct_method", "--model", "minilm-l6", "--seqlen", "128")
     res = pytester.runpytest_subprocess(*args, "--nsamples", "3", "-rx", "-p", "no:cacheprovider")
     res.assert_outcomes(xfailed=1)
-    res.stdout.fnmatch_lines(["*inconclusive on 3 samples, fewer than the record's 20, on which it expects "
-                              "non-specific: run without --nsamples to check that*"])
+    res.stdout.fnmatch_lines(["*inconclusive on 3 samples, fewer than the record's 30, on which it expects "
+                              "refuted: run without --nsamples to check that*"])
     assert results(pytester)["results"][0]["samples"] == 3
-    toml = claims_dir / "ablate.toml"
-    head, rest = toml.read_text().split('variant = "documented_method"', 1)
-    toml.write_text(head + 'variant = "documented_method"' + rest.replace("nsamples = 20", "nsamples = 3", 1))
+    toml = claims_dir / "heads.toml"
+    head, rest = toml.read_text().split('id = "heads.first_token_scores"\nvariant = "correct_method"', 1)
+    toml.write_text(head + 'id = "heads.first_token_scores"\nvariant = "correct_method"'
+                    + rest.replace("nsamples = 30", "nsamples = 3", 1))
     res = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["*verdict changed: recorded non-specific*now inconclusive*"])
+    res.stdout.fnmatch_lines(["*verdict changed: recorded refuted*now inconclusive*"])
 
 
 def test_malformed_record_fails_alone_naming_the_field(pytester, tiny_dir):
