@@ -18,7 +18,8 @@
    every cell of its grid (the table is in the README). Fewer units decide nothing. A value that is
    the exponential of a mean (a perplexity ratio, exp of a mean NLL difference) gets its interval on
    the log scale, where the mean is, mapped back (``Measurement.log_scale``): Student's t on the
-   ratio itself would reach below zero for a ratio of 10^5 whose log spreads by a few nats.
+   ratio itself reaches far below a ratio of 10^5 whose log spreads by a few nats (to under 2 for
+   smollm2-135m's x138,041 under one bootstrap seed in five).
 4. Sides. A condition's interval lies on its holding side, its failing side, or straddles.
    holds: every condition holds and every control is ruled out (fails). refuted: a condition that
    fails on all samples has its interval wholly on the failing side. non-specific: the claim holds
