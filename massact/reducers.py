@@ -358,9 +358,9 @@ class HeadProfile(Reducer):
     reduced inside the hook, so no layer's (H, T, T) outlives its own pass through the layer."""
 
     kinds = frozenset({PROBS})
-    gives = {f"hp_{k}": f"(samples, heads{', 64' if k == 'rel' else ''}): the head-classification statistic {k} "
-                        "(massact/metrics/headtypes.py)"
-             for k in ("entropy", "max", "sink", "recent", "local", "global", "uniformity", "rel")}
+    gives = {f"hp_{k}": f"(samples, heads{dims}): the head-classification statistic {k} (massact/metrics/headtypes.py)"
+             for k, dims in (("entropy", ""), ("max", ""), ("sink", ""), ("recent", ""), ("local", ""), ("global", ""),
+                             ("uniformity", ""), ("rel", ", 64"), ("random_keys", ", 20"))}
 
     def __init__(self, shape: Shape = Shape(PROBS)):
         super().__init__(shape)

@@ -104,3 +104,35 @@ def test_budgets_union_and_window_of_a_uniform_cache() -> None:
     assert (a | b) == ht.Budget(4, 30) and (a | ht.FULL).full and (a | ht.Budget(prune=True)) == a
     assert ht.Budget(4, 8).kept(100) == 12 and ht.Budget(4, 8).kept(5) == 5 and ht.FULL.kept(100) == 100
     assert ht.uniform_window(12 * 10, 10, 4) == 8
+
+
+def test_random_keys_are_distinct_keys_each_query_sees() -> None:
+    keys = ht.random_keys(T)
+    assert keys.shape == (ht.RANDOM_KEY_DRAWS, T, ht.SINK_SIZE)
+    for q in range(T):
+        for d in range(ht.RANDOM_KEY_DRAWS):
+            got = set(keys[d, q].tolist())
+            assert len(got) == ht.SINK_SIZE
+            # a query that sees fewer keys than that gets all it sees (and later keys, which it gives nothing)
+            assert got >= set(range(q + 1)) if q < ht.SINK_SIZE else got <= set(range(q + 1))
+    assert len({tuple(keys[d, -1].tolist()) for d in range(ht.RANDOM_KEY_DRAWS)}) > 1  # the draws differ
+
+
+def test_a_sink_head_gives_random_keys_only_the_first_keys_chance() -> None:
+    """A head on key 0: random keys include it with probability 4 / (q + 1) at query q >= 4."""
+    scores = torch.zeros(T, T)
+    scores[:, 0] = 50
+    p = ht.attention_profile(causal(scores))
+    assert p["random_keys"].shape == (1, 1, ht.RANDOM_KEY_DRAWS)
+    chance = (ht.SINK_SIZE + sum(ht.SINK_SIZE / (q + 1) for q in range(ht.SINK_SIZE, T))) / T
+    assert p["random_keys"].mean().item() == pytest.approx(chance, rel=0.15)
+    assert p["sink"].item() == pytest.approx(1.0, abs=1e-4)
+    uniform = ht.attention_profile(causal(torch.zeros(T, T)))  # uniform: any 4 visible keys hold 4 / (q + 1)
+    assert torch.allclose(uniform["random_keys"], uniform["sink"].expand(1, 1, ht.RANDOM_KEY_DRAWS), rtol=1e-5)
+
+
+@pytest.mark.parametrize("entropy, uniformity, sink", [(1.0, 1.0, 0.5), (1.0, 1.0, 0.2), (2.5, 1.0, 0.5),
+                                                       (2.5, 0.05, 0.5), (3.5, 1.0, 0.9), (2.99, 0.2, 0.31)])
+def test_keeps_sinks_on_tensors_is_the_rules_keep_sinks(entropy, uniformity, sink) -> None:
+    rule = ht.classify(stats(entropy, sink, 0.1, uniformity=uniformity)).keep_sinks
+    assert bool(ht.keeps_sinks(torch.tensor(entropy), torch.tensor(uniformity), torch.tensor(sink))) == rule

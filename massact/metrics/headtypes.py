@@ -8,6 +8,7 @@ writes can be compared with the document's own.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +19,19 @@ TYPES = ("sink_positional", "true_positional", "sink_mixed", "gathering", "mixed
 SINK_SIZE, LOCAL_WINDOW, RECENT_RATIO, REL_BINS = 4, 8, 0.1, 64
 LOW_H, HIGH_H, DEAD_KL, HIGH_LOCAL, HIGH_SINK = 1.5, 3.0, 0.1, 0.6, 0.3
 EPS = 1e-10
+RANDOM_KEY_DRAWS = 20  # the sink statistic on random keys instead of the first: the sink share's control
 QUERY_BLOCK = 256  # queries per block when summing a log a over the keys a causal query can see
+
+
+@functools.lru_cache(maxsize=4)
+def random_keys(T: int, *, sink: int = SINK_SIZE, draws: int = RANDOM_KEY_DRAWS) -> torch.Tensor:
+    """(draws, T, sink) key positions: for each query q, ``sink`` keys drawn (seed 0) among the q + 1 it sees,
+    all of them where it sees fewer (then padded with later keys, which a causal row gives no attention)."""
+    g = torch.Generator().manual_seed(0)
+    later = torch.ones(T, T, dtype=torch.bool).triu(1)
+    return torch.stack([torch.rand(T, T, generator=g).masked_fill(later, 2.0).topk(min(sink, T), dim=-1,
+                                                                                     largest=False).indices
+                        for _ in range(draws)])
 
 
 def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LOCAL_WINDOW,
@@ -28,7 +41,9 @@ def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LO
 
     entropy, max, sink (keys < sink), recent (keys >= int(0.9 T)), rel (B, H, bins): rel[d] the mean
     over queries of a[q, q - d]; local (keys q-local..q, the query included, as the document did and as a
-    KV window keeps it); uniformity: mean over queries q >= 1 of KL(a[q, :q+1] || uniform).
+    KV window keeps it); uniformity: mean over queries q >= 1 of KL(a[q, :q+1] || uniform);
+    random_keys (B, H, draws): the sink statistic with each query's first ``sink`` keys replaced by
+    ``sink`` keys drawn among those it sees (random_keys(T)): what a head gives any few keys it can read.
     """
     a = a.detach().float()
     B, H, T, K = a.shape
@@ -46,6 +61,8 @@ def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LO
     entropy = -plogp
     sinks = a[..., :sink].sum(-1).mean(-1)
     local_incl = rel[..., :local + 1].sum(-1)
+    drawn = random_keys(T, sink=sink).to(a.device)
+    rand = torch.stack([a.gather(-1, keys.expand(B, H, T, -1)).sum(-1).mean(-1) for keys in drawn], dim=-1)
     return {
         "entropy": entropy.mean(-1),
         "max": a.amax(-1).mean(-1),
@@ -55,6 +72,7 @@ def attention_profile(a: torch.Tensor, *, sink: int = SINK_SIZE, local: int = LO
         "global": (1 - sinks - local_incl).clamp(min=0),  # what sink and local leave, as the document computed it
         "uniformity": kl[..., 1:].mean(-1) if T > 1 else kl.new_zeros(B, H),
         "rel": rel,
+        "random_keys": rand,
     }
 
 
@@ -140,6 +158,12 @@ def classify(s: HeadStats) -> HeadClass:
         return HeadClass(**base, head_type="gathering", confidence=min(1.0, (s.mean_entropy - HIGH_H) / 2.0),
                          compression_strategy="full")
     return HeadClass(**base, head_type="mixed", confidence=0.5)
+
+
+def keeps_sinks(entropy: torch.Tensor, uniformity: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """classify(...).keep_sinks on tensors of heads' mean statistics: not dead, entropy below HIGH_H
+    (sink_positional below LOW_H, sink_mixed between) and more than HIGH_SINK of the attention on the sink."""
+    return (uniformity >= DEAD_KL) & (entropy < HIGH_H) & (sink > HIGH_SINK)
 
 
 def summary(classes: list[HeadClass]) -> dict:
