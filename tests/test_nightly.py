@@ -99,3 +99,33 @@ def test_the_runner_installs_the_cpu_build_of_torch():
     """A CPU runner given PyPI's torch==2.13.0 downloads a CUDA build of several GB it cannot use."""
     (job,) = workflow()["jobs"].values()
     assert job["env"]["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+def claim_versions() -> dict[tuple[str, str], int]:
+    """(id, variant) -> version of every valid record in claims/*.toml."""
+    from massact.claims import Claim, load_records
+
+    return {(r.id, r.variant): r.version for path in sorted((ROOT / "claims").glob("*.toml"))
+            for r in load_records(path) if isinstance(r, Claim)}
+
+
+@pytest.mark.parametrize("model", models(next(iter(workflow()["jobs"].values()))))
+def test_each_model_of_the_matrix_has_a_complete_baseline_at_the_current_claim_versions(model):
+    """Without its baseline the night's job writes one and fails; with a stale one (a claim's version
+    raised since) it reports a change the claim's new version made: either is caught here, not at night."""
+    from massact.report.results import read_results
+
+    path = ROOT / "nightly" / f"{model}.json"
+    record = f"scripts/claims --model {model} --baseline nightly/{model}.json --update-baseline, and commit it"
+    assert path.is_file(), f"nightly/{model}.json is missing: record it with {record}"
+    doc = read_results(path)
+    assert doc["complete"] and not doc.get("not_run"), f"nightly/{model}.json is from an incomplete run"
+    assert not doc.get("deselected"), f"nightly/{model}.json is from a run that left claims out (-k, -m)"
+    assert {m.get("name") for m in doc["models"].values()} == {model}
+    current = claim_versions()
+    recorded = {(e["claim"], e["variant"]): e.get("version") for e in doc["results"]}
+    missing = sorted(f"{c}/{v}" for c, v in set(current) - set(recorded))
+    stale = sorted(f"{c}/{v} (version {n}, now {current.get((c, v))})" for (c, v), n in recorded.items()
+                   if n != current.get((c, v)))
+    assert not missing, f"nightly/{model}.json lacks {missing}: rewrite it with {record}"
+    assert not stale, f"nightly/{model}.json is stale for {stale}: rewrite it with {record}"
