@@ -240,3 +240,15 @@ def test_update_baseline_needs_a_path(pytester, claims_dir, tiny):
     res = run(pytester, tiny, "--update-baseline")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--update-baseline needs --baseline PATH*"])
+
+
+def test_a_primary_neither_run_measured_is_no_change_and_one_side_missing_fails():
+    """massive.emergence measures no jump where the first layer is already massive (gemma3-270m): with the
+    same verdict on both sides nothing changed; a value the run lost still fails."""
+    base, new = synthetic_doc(), synthetic_doc()
+    for doc in (base, new):
+        del by_claim(doc, "massive.exists")["values"]["margin"]
+    assert diff.compare(base, new) == []
+    del by_claim(new, "ablate.mlp_all")["values"][by_claim(new, "ablate.mlp_all")["primary"]]
+    (change,) = diff.compare(base, new)
+    assert change.failing and change.kind == "uncomparable" and "run has no value" in change.after

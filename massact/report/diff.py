@@ -183,7 +183,10 @@ def compare(base: dict, new: dict, *, rel_tol: float = REL_TOL, abs_tol: float =
             if old.get(name) != cur.get(name):
                 out.append(Change(claim, model, "claim", f"{name}: {old.get(name)}", f"{name}: {cur.get(name)}", False))
         prim = old.get("primary")
-        if not verdict_changed and prim and prim == cur.get("primary"):
+        # a primary neither side measured (massive.emergence's jump where the first layer is already massive)
+        # has not changed; one that only one side lacks, or that is not a number, is not compared: it fails
+        unmeasured = prim not in old.get("values", {}) and prim not in cur.get("values", {})
+        if not verdict_changed and prim and prim == cur.get("primary") and not unmeasured:
             a, z = old.get("values", {}).get(prim), cur.get("values", {}).get(prim)
             if not (_number(a) and _number(z)):
                 what = "; ".join(f"{side} {'has no value' if prim not in d.get('values', {}) else f'has {v!r}'}"
